@@ -1,0 +1,215 @@
+"""EnCodec backend: exact streaming decode, encode shapes/rates, and local-only weights.
+
+Uses the real 24 kHz architecture with random weights (pretrained=False): no download, no weights file.
+"""
+import numpy as np
+import pytest
+import torch
+
+from speechmtp import streaming as S
+from speechmtp.codec import encodec as E
+from speechmtp.utils import SpeechMTPError
+
+T = 30  # frames: 0.4 s, enough to get past the 7-frame start-up and exercise steady state
+
+
+@pytest.fixture(scope="module")
+def codec():
+    torch.manual_seed(1)
+    return E.EncodecCodec(bandwidth=6.0, pretrained=False)
+
+
+@pytest.fixture(scope="module")
+def codes(codec):
+    g = torch.Generator().manual_seed(2)
+    return torch.randint(0, codec.codebook_size, (2, codec.n_codebooks, T), generator=g)
+
+
+@pytest.fixture(scope="module")
+def offline(codec, codes):
+    return codec.decode(codes)
+
+
+def stream(codec, codes, sizes, dec=None):
+    dec = dec or codec.stream_decoder()
+    outs, i = [], 0
+    for n in sizes:
+        outs.append(dec.push(codes[..., i:i + n]))
+        i += n
+    assert i == codes.shape[-1]
+    outs.append(dec.flush())
+    return torch.cat(outs, dim=-1), [o.shape[-1] for o in outs]
+
+
+def assert_close(y, ref):
+    assert y.shape == ref.shape
+    tol = 1e-4 * ref.abs().max().item()
+    assert (y - ref).abs().max().item() <= tol
+
+
+def chunks(total, n):
+    return [min(n, total - i) for i in range(0, total, n)]
+
+
+def test_offline_decode_shape(codec, codes, offline):
+    assert offline.shape == (2, 1, T * codec.hop_length) and offline.dtype == torch.float32
+    assert codec.hop_length == 320 and codec.n_codebooks == 8 and codec.name == "encodec:6"
+    assert offline.std() > 0.1 * offline.abs().max()  # a real signal, so the exactness check means something
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 7])
+def test_stream_equals_offline_fixed_chunks(codec, codes, offline, n):
+    y, lens = stream(codec, codes, chunks(T, n))
+    assert_close(y, offline)
+    # after the 7-frame start-up every push returns exactly its frames' samples, and nothing is left
+    done = 0
+    for k, size in enumerate(chunks(T, n)):
+        done += size
+        if done - size >= 7:
+            assert lens[k] == size * codec.hop_length
+    assert lens[-1] == 0
+
+
+def test_stream_equals_offline_random_partitions(codec, codes, offline):
+    rng = np.random.default_rng(3)
+    for _ in range(4):
+        cuts = np.sort(rng.choice(np.arange(1, T), size=rng.integers(1, 8), replace=False))
+        sizes = np.diff(np.concatenate([[0], cuts, [T]])).tolist()
+        y, _ = stream(codec, codes, sizes)
+        assert_close(y, offline)
+
+
+@pytest.mark.parametrize("t", [1, 3, 6])
+def test_short_streams_flush_the_rest(codec, codes, t):
+    ref = codec.decode(codes[..., :t])
+    y, lens = stream(codec, codes[..., :t], [1] * t)
+    assert sum(lens[:-1]) == 0  # fewer than 7 frames: everything waits for flush
+    assert_close(y, ref)
+
+
+def test_other_bandwidth():
+    torch.manual_seed(4)
+    c = E.EncodecCodec(bandwidth=1.5, pretrained=False)
+    assert c.n_codebooks == 2 and c.name == "encodec:1.5"
+    codes = torch.randint(0, 1024, (1, 2, 20))
+    ref = c.decode(codes)
+    for sizes in ([1] * 20, [5, 2, 9, 4]):
+        assert_close(stream(c, codes, sizes)[0], ref)
+
+
+def test_reset_starts_a_new_stream(codec, codes, offline):
+    dec = codec.stream_decoder()
+    other = torch.flip(codes, dims=[-1])
+    for i in range(9):  # leave state mid-stream in every layer
+        dec.push(other[..., i:i + 1])
+    dec.reset()
+    y, _ = stream(codec, codes, chunks(T, 2), dec=dec)
+    assert_close(y, offline)
+    # flush ends the stream and leaves the decoder ready for the next one
+    assert_close(stream(codec, codes, chunks(T, 4), dec=dec)[0], offline)
+
+
+def test_batch_change_mid_stream_is_an_error(codec, codes):
+    dec = codec.stream_decoder()
+    dec.push(codes[:, :, :2])
+    with pytest.raises(SpeechMTPError, match="batch size"):
+        dec.push(codes[:1, :, 2:4])
+
+
+def test_check_can_fail_tail_dropping_transposed_conv(codec, codes, offline, monkeypatch):
+    """A transposed conv that forgets its overlap tail is only wrong at chunk borders: the check sees it."""
+    real = S.CausalConvTranspose1d.step
+
+    def drop_tail(self, x, final=False):
+        self.tail = None
+        return real(self, x, final)
+
+    monkeypatch.setattr(S.CausalConvTranspose1d, "step", drop_tail)
+    y, _ = stream(codec, codes, chunks(T, 2))
+    with pytest.raises(AssertionError):
+        assert_close(y, offline)
+    monkeypatch.undo()
+    assert_close(stream(codec, codes, chunks(T, 2))[0], offline)
+
+
+def test_check_can_fail_naive_chunked_decode(codec, codes, offline):
+    naive = torch.cat([codec.decode(codes[..., i:i + 7]) for i in range(0, T, 7)], dim=-1)
+    with pytest.raises(AssertionError):
+        assert_close(naive, offline)
+
+
+def test_encode_shapes_and_resampling(codec):
+    sr, n = 24000, 4800  # 0.2 s -> 15 frames
+    t = torch.linspace(0, 0.2, n)
+    wav = 0.3 * torch.sin(2 * torch.pi * 220 * t)
+    codes = codec.encode(wav)
+    assert codes.shape == (1, 8, 15) and codes.dtype == torch.int64
+    assert 0 <= codes.min() and codes.max() < 1024
+    batch = codec.encode(torch.stack([wav, -wav])[:, None])  # (B=2, C=1, N)
+    assert batch.shape == (2, 8, 15)
+    assert torch.equal(batch[:1], codes)
+    wav16 = 0.3 * np.sin(2 * np.pi * 220 * np.arange(3200) / 16000).astype(np.float32)  # 0.2 s at 16 kHz
+    codes16 = codec.encode(wav16, sample_rate=16000)
+    assert codes16.shape == (1, 8, 15)
+    assert codec.decode(codes16).shape == (1, 1, 15 * 320)
+
+
+def test_bad_bandwidth():
+    with pytest.raises(SpeechMTPError, match="1.5, 3, 6, 12, 24"):
+        E.EncodecCodec(bandwidth=5, pretrained=False)
+
+
+# -- weights: local files only --------------------------------------------------------------------
+@pytest.fixture
+def no_weights(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    monkeypatch.delenv(E.WEIGHTS_ENV, raising=False)
+    return tmp_path
+
+
+def test_missing_weights_error_names_file_places_and_source(no_weights):
+    with pytest.raises(E.EncodecWeightsNotFound) as err:
+        E.EncodecCodec()
+    msg = str(err.value)
+    assert E.WEIGHTS_FILE in msg and E.WEIGHTS_URL in msg and E.WEIGHTS_ENV in msg
+    assert str(no_weights / "hub" / "checkpoints" / E.WEIGHTS_FILE) in msg
+    missing = no_weights / "nowhere"
+    with pytest.raises(SpeechMTPError, match="nowhere"):
+        E.EncodecCodec(weights=str(missing))
+
+
+def test_corrupt_weights_file(no_weights, monkeypatch):
+    bad = no_weights / E.WEIGHTS_FILE
+    bad.write_bytes(b"this is not a checkpoint")
+    with pytest.raises(SpeechMTPError, match="corrupt"):
+        E.EncodecCodec(weights=str(bad))
+    monkeypatch.setenv(E.WEIGHTS_ENV, str(no_weights))  # a folder holding the file, via the env var
+    with pytest.raises(SpeechMTPError, match="corrupt"):
+        E.EncodecCodec()
+    torch.save({"not": torch.zeros(1)}, bad)
+    with pytest.raises(SpeechMTPError, match="does not match"):
+        E.EncodecCodec(weights=str(bad))
+
+
+def test_weights_file_loads_and_folding_matches_the_package(no_weights):
+    """A local checkpoint loads from the hub cache, and our decode (weight norm folded) equals the
+    package's own decode through its weight-norm hooks."""
+    import warnings
+
+    from encodec import EncodecModel
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        ref = EncodecModel.encodec_model_24khz(pretrained=False)
+    for layer in ref.quantizer.vq.layers:
+        layer._codebook.embed.normal_()
+        layer._codebook.inited.fill_(1.0)
+    path = no_weights / "hub" / "checkpoints" / E.WEIGHTS_FILE
+    path.parent.mkdir(parents=True)
+    torch.save(ref.state_dict(), path)
+    c = E.EncodecCodec(bandwidth=3.0)
+    assert c.pretrained
+    codes = torch.randint(0, 1024, (1, 4, 10))
+    with torch.inference_mode():
+        want = ref.decode([(codes, None)])
+    assert_close(c.decode(codes), want)
