@@ -22,7 +22,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from . import text as textmod
@@ -32,6 +31,7 @@ from .utils import SpeechMTPError, atomic_write_text, load_safetensors, read_aud
 CACHE_DIRNAME = ".speechmtp_cache"
 CACHE_VERSION = 1
 AUDIO_EXTS = (".wav", ".flac", ".ogg")
+PREFERRED_MANIFESTS = ("manifest.jsonl", "train.jsonl")
 DEFAULT_MAX_SECONDS = 30.0
 DEFAULT_MAX_TEXT_CHARS = 500
 
@@ -201,8 +201,9 @@ def scan_corpus(path: str | os.PathLike, max_text_chars: int = DEFAULT_MAX_TEXT_
     if (p / "metadata.csv").is_file():
         return _read_ljspeech(p, max_text_chars)
     manifests = sorted(p.glob("*.jsonl"))
-    if len(manifests) == 1:
-        return _read_jsonl(manifests[0], max_text_chars)
+    preferred = [p / n for n in PREFERRED_MANIFESTS if (p / n).is_file()]
+    if preferred or len(manifests) == 1:  # `data synth` writes manifest.jsonl beside heldout.jsonl
+        return _read_jsonl((preferred or manifests)[0], max_text_chars)
     if len(manifests) > 1:
         raise SpeechMTPError(f"{p} holds several manifests ({', '.join(m.name for m in manifests)}); pass the one to use")
     scan = _read_pairs(p, max_text_chars)

@@ -239,6 +239,8 @@ class Session:
         if self._t_first_audio is not None and self._t_first_request is not None:
             ttfa = (self._t_first_audio - self._t_first_request) * 1000.0
         busy = self._busy_s + (time.perf_counter() - self._busy_since if self._busy_since else 0.0)
+        passes = sum(getattr(g, "forward_passes", 0) for g in self._gen_stats)
+        grid = sum(getattr(g, "steps", 0) for g in self._gen_stats)
         return {
             "ttfa_ms": None if ttfa is None else round(ttfa, 2),
             "rtf": round(busy / audio_s, 4) if audio_s > 0 else None,
@@ -247,8 +249,10 @@ class Session:
             "sample_rate": sr,
             "frames": self._frames,
             "steps": self._steps,
-            "accepted_per_step": round(self._frames / self._steps, 3) if self._steps else None,
-            "forward_passes": sum(getattr(g, "forward_passes", 0) for g in self._gen_stats),
+            # the decoder's own measure: grid steps emitted per forward pass (1.0 = plain NTP)
+            "accepted_per_step": round(grid / passes, 3) if passes else None,
+            "frames_per_step": round(self._frames / self._steps, 3) if self._steps else None,
+            "forward_passes": passes,
             "sentences": self._n_sentences,
             "synthesis_s": round(busy, 4),
             "seed": self.seed,

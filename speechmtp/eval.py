@@ -24,6 +24,17 @@ DEFAULT_HELDOUT = "data/corpus/heldout.jsonl"
 
 
 # ---------------------------------------------------------------- word error rate
+def _letter_of() -> dict[str, str]:
+    from .text import _LETTER_NAMES
+
+    out = {name: letter for letter, name in _LETTER_NAMES.items() if "-" not in name}
+    out["double"] = "double"  # "double-you" splits at the hyphen; leave it be
+    return out
+
+
+_LETTER_OF = _letter_of()
+
+
 def wer_words(text: str) -> list[str]:
     """Text -> words for scoring: our normaliser, then no punctuation, hyphens and apostrophes."""
     from .text import normalize
@@ -33,7 +44,8 @@ def wer_words(text: str) -> list[str]:
     except SpeechMTPError:
         norm = ""  # an ASR hypothesis in another script scores as all deletions, not a crash
     norm = norm.replace("-", " ").replace("'", "")
-    return re.sub(r"[^a-z0-9 ]+", " ", norm).split()
+    # Letter names back to letters on both sides, so "p.m." (-> "p m") and "3 pm" (-> "pee em") agree.
+    return [_LETTER_OF.get(w, w) for w in re.sub(r"[^a-z0-9 ]+", " ", norm).split()]
 
 
 def word_errors(ref: str, hyp: str) -> dict[str, int]:

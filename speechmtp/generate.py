@@ -192,7 +192,9 @@ class BatchDecoder:
     1 + (largest draft depth among active rows) positions wide, unused positions padded.
     """
 
-    accept_fn = staticmethod(speculative_accept)  # tests swap in a wrong rule to show the test can fail
+    # tests swap in wrong rules to show that the losslessness test can fail
+    accept_fn = staticmethod(speculative_accept)
+    residual_fn = staticmethod(residual)
 
     def __init__(self, model: SpeechLM, max_batch: int, device=None):
         if max_batch < 1:
@@ -262,16 +264,20 @@ class BatchDecoder:
         """Advance every active slot by one forward pass -> {slot: new complete frames (Q, n)}."""
         out: dict[int, torch.Tensor] = {}
         model = self.model
-        for i in [i for i in self.active() if not self.slots[i].prefilled]:
+        groups: dict[int, list[int]] = {}  # new rows, prefilled together when their texts have equal length
+        for i in self.active():
+            if not self.slots[i].prefilled:
+                groups.setdefault(self.slots[i].text.numel(), []).append(i)
+        for lt, new in groups.items():
             t0 = time.perf_counter()
-            s = self.slots[i]
-            lt = s.text.numel()
-            x = torch.cat([model.text_emb(s.text[None]),
-                           model.embed_steps(torch.full((1, 1, self.q), model.bos_id, device=self.dev))], dim=1)
-            pos = torch.arange(lt + 1, device=self.dev)[None]
-            h = model.trunk(x, pos, caches=self.caches, rows=torch.tensor([i], device=self.dev), kv_len=lt + 1)[:, -1:]
-            s.prefilled = True
-            out.update(self._post([i], h, width=1, t0=t0))
+            text = torch.stack([self.slots[i].text for i in new])  # (B, Lt)
+            bos = torch.full((len(new), 1, self.q), model.bos_id, device=self.dev)
+            x = torch.cat([model.text_emb(text), model.embed_steps(bos)], dim=1)  # (B, Lt+1, D)
+            pos = torch.arange(lt + 1, device=self.dev).expand(len(new), -1)
+            h = model.trunk(x, pos, caches=self.caches, rows=torch.tensor(new, device=self.dev), kv_len=lt + 1)
+            for i in new:
+                self.slots[i].prefilled = True
+            out.update(self._post(new, h[:, -1:], width=1, t0=t0))
         rows = [i for i in self.active() if i not in out]
         if rows:
             t0 = time.perf_counter()
@@ -306,6 +312,14 @@ class BatchDecoder:
         topk_f = torch.where(greedy, torch.zeros_like(self.p_topk[idx]), self.p_topk[idx])
         topp_f = torch.where(greedy, ones, self.p_topp[idx])
         dmax = max(s.depth for s in slots)
+        # host-side flags: skip work no row needs (greedy rows need no probabilities at all)
+        need_p = any(s.gen is not None or s.cfg.mode == "mtp-relaxed" or s.cfg.adaptive for s in slots)
+        need_filter = any(s.gen is not None and (s.cfg.top_k > 0 or s.cfg.top_p < 1) for s in slots)
+
+        def probs(lg):
+            if need_filter:
+                return probs_from_logits(lg, temp_f, topk_f, topp_f)
+            return (lg / temp_f.view((-1,) + (1,) * (lg.dim() - 1)).to(lg.dtype)).softmax(-1)
         u = torch.zeros(b, 3, dmax + 1, qn, device=dev, dtype=logits.dtype)
         for r, s in enumerate(slots):
             if s.gen is not None:
@@ -323,24 +337,28 @@ class BatchDecoder:
         ok = allowed_tokens(g, end_w, qn, v, mf[:, None])
         logits = logits.masked_fill(~ok, -math.inf)
         tgt = logits.argmax(-1)  # (B, W, Q)
-        p = probs_from_logits(logits, temp_f, topk_f, topp_f)
+        p = probs(logits) if need_p else None
         x_pad = torch.cat([x, tgt[:, -1:]], dim=1)  # (B, W, Q); position nd never holds a draft
         acc = torch.zeros(b, width, qn, dtype=torch.bool, device=dev)
         if nd:
             qp = self.qprobs[idx, :nd]
-            exact = x == tgt[:, :nd]
-            spec = self.accept_fn(p[:, :nd], qp, x, u[:, 0, :nd])
-            rel = relaxed_accept(p[:, :nd], x, self.p_rtopk[idx], self.p_rminp[idx])
-            rb, gb = relaxed[:, None, None], greedy[:, None, None]
-            acc[:, :nd] = torch.where(rb, rel, torch.where(gb, exact, spec)) & valid[..., None]
-            q_pad = torch.cat([qp * valid[..., None, None], torch.zeros_like(p[:, :1])], dim=1)
-        else:
-            q_pad = torch.zeros_like(p)
+            acc_nd = x == tgt[:, :nd]
+            if need_p:
+                spec = self.accept_fn(p[:, :nd], qp, x, u[:, 0, :nd])
+                rel = relaxed_accept(p[:, :nd], x, self.p_rtopk[idx], self.p_rminp[idx])
+                rb, gb = relaxed[:, None, None], greedy[:, None, None]
+                acc_nd = torch.where(rb, rel, torch.where(gb, acc_nd, spec))
+            acc[:, :nd] = acc_nd & valid[..., None]
         a = acc.all(-1).long().cumprod(1).sum(1).clamp(max=d)  # (B,) drafts accepted
         # the step emitted after them: residual sample (spec), plain sample (relaxed), argmax (greedy)
-        ur = u[:, 1, :width]
-        fresh = torch.where(relaxed[:, None, None], sample_from_probs(p, ur), sample_from_probs(residual(p, q_pad), ur))
-        fresh = torch.where(greedy[:, None, None], tgt, fresh)
+        fresh = tgt
+        if need_p:
+            ur = u[:, 1, :width]
+            q_pad = torch.zeros_like(p)
+            if nd:
+                q_pad[:, :nd] = qp * valid[..., None, None]
+            fresh = torch.where(relaxed[:, None, None], sample_from_probs(p, ur), sample_from_probs(self.residual_fn(p, q_pad), ur))
+            fresh = torch.where(greedy[:, None, None], tgt, fresh)
         new_all = torch.where(acc, x_pad, fresh)  # corrected step: accepted codebooks keep the draft
         new = new_all[ar_b, a]  # (B, Q)
         end_a = end_w[ar_b, a]
@@ -360,17 +378,21 @@ class BatchDecoder:
                 h_prev, lg = model.head_step(k, h_prev, h_sel, tok)  # (B, Q, n)
                 gk = e_new + k
                 lg = lg.masked_fill(~allowed_tokens(gk, end_c, qn, v, mf), -math.inf)
-                qk = probs_from_logits(lg, temp_f, topk_f, topp_f)
-                xk = torch.where(greedy[:, None], lg.argmax(-1), sample_from_probs(qk, u[:, 2, k]))
-                conf = qk.max(-1).values.min(-1).values  # (B,) least confident codebook
-                active = active & (k < depth) & ((k == 0) | (conf >= self.p_thr[idx]))
+                xk = lg.argmax(-1)
+                active = active & (k < depth)
+                if need_p:
+                    qk = probs(lg)
+                    xk = torch.where(greedy[:, None], xk, sample_from_probs(qk, u[:, 2, k]))
+                    conf = qk.max(-1).values.min(-1).values  # (B,) least confident codebook
+                    active = active & ((k == 0) | (conf >= self.p_thr[idx]))
+                    qs.append(qk)
                 dcount = dcount + active.long()
                 end_c = torch.where((end_c == INF) & (xk[:, 0] == model.end_id), gk, end_c)
                 xs.append(xk)
-                qs.append(qk)
                 tok = xk
             self.drafts[idx, :depth_max] = torch.stack(xs, 1)
-            self.qprobs[idx, :depth_max] = torch.stack(qs, 1)
+            if qs:
+                self.qprobs[idx, :depth_max] = torch.stack(qs, 1)
             self.d[idx] = dcount
         self.last[idx] = new
 

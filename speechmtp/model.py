@@ -112,12 +112,15 @@ class RMSNorm(nn.Module):
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
 
 
-def rope(x: torch.Tensor, pos: torch.Tensor, base: float) -> torch.Tensor:
-    """Rotary embedding at explicit per-row positions. x (B, H, L, hd), pos (B, L)."""
-    hd = x.shape[-1]
-    inv = base ** (-torch.arange(0, hd, 2, device=x.device, dtype=torch.float32) / hd)
-    ang = (pos.to(torch.float32)[..., None] * inv)[:, None]  # (B, 1, L, hd/2)
-    cos, sin = ang.cos().to(x.dtype), ang.sin().to(x.dtype)
+def rope_angles(pos: torch.Tensor, head_dim: int, base: float, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotary cos/sin at explicit per-row positions pos (B, L) -> 2x (B, 1, L, hd/2), once per forward."""
+    inv = base ** (-torch.arange(0, head_dim, 2, device=pos.device, dtype=torch.float32) / head_dim)
+    ang = (pos.to(torch.float32)[..., None] * inv)[:, None]
+    return ang.cos().to(dtype), ang.sin().to(dtype)
+
+
+def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x (B, H, L, hd) rotated pairwise by the angles of its positions."""
     x1, x2 = x[..., 0::2], x[..., 1::2]
     return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
 
@@ -168,7 +171,8 @@ class Block(nn.Module):
             return self.wo(self.wv(x))
         b, l, d = x.shape
         q, k, v = self.wqkv(x).view(b, l, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)  # 3x (B, H, L, hd)
-        q, k = rope(q, pos, self.base), rope(k, pos, self.base)
+        pos, cos, sin = pos  # positions (B, L) and their rope_angles
+        q, k = rope(q, cos, sin), rope(k, cos, sin)
         if cache is not None:
             k, v = cache.update(pos, k, v, rows, kv_len)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, L, hd)
@@ -242,8 +246,9 @@ class SpeechLM(nn.Module):
         if caches is not None:
             kv_len = kv_len or caches[0].k.shape[2]
             mask = (torch.arange(kv_len, device=x.device) <= pos[:, :, None])[:, None]  # (B, 1, L, kv_len)
+        rot = (pos, *rope_angles(pos, self.cfg.d_model // self.cfg.n_heads, self.cfg.rope_base, x.dtype))
         for i, blk in enumerate(self.blocks):
-            x = blk(x, pos, mask, None if caches is None else caches[i], rows, kv_len)
+            x = blk(x, rot, mask, None if caches is None else caches[i], rows, kv_len)
         return x
 
     def head_step(self, k: int, h_prev: torch.Tensor, h_trunk: torch.Tensor, steps_prev: torch.Tensor | None):

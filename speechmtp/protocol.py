@@ -27,7 +27,6 @@ CLOSE_TRY_AGAIN = 1013
 # code -> (fatal, close code). Fatal errors are sent, then the connection closes with that code.
 ERRORS: dict[str, tuple[bool, int | None]] = {
     "invalid_json": (True, CLOSE_INVALID_DATA),
-    "invalid_utf8": (True, CLOSE_INVALID_DATA),
     "binary_not_supported": (True, CLOSE_UNSUPPORTED_DATA),
     "not_configured": (True, CLOSE_POLICY),  # first message was not a config
     "invalid_config": (True, CLOSE_POLICY),

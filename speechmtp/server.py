@@ -239,8 +239,8 @@ class TTSServer:
                     raise t.exception()
         except ProtocolError as e:
             await self._fail(ws, e)
-        except ConnectionClosed:
-            pass
+        except (ConnectionClosed, UnicodeDecodeError):
+            pass  # gone, or websockets already closed it (1007 bad UTF-8, 1009 too big)
         except SpeechMTPError as e:
             await self._fail(ws, ProtocolError("internal_error", str(e)))
         except Exception as e:  # noqa: BLE001 - one broken session must not take the server down
@@ -262,8 +262,6 @@ class TTSServer:
                 return await ws.recv()
         except TimeoutError:
             raise ProtocolError("idle_timeout", f"no message for {self.cfg.limits.idle_timeout_s:g} s; closing") from None
-        except UnicodeDecodeError:
-            raise ProtocolError("invalid_utf8", "text message is not valid UTF-8") from None
 
     async def _admit(self) -> None:
         if self._sem.locked() and self.queued >= self.cfg.queue_size:

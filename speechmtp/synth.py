@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .utils import SpeechMTPError, atomic_write_bytes, write_audio
+from .utils import SpeechMTPError, atomic_write_bytes, atomic_write_text, write_audio
 
 CORPUS_DIR = Path(__file__).resolve().parent / "corpus"
 DEFAULT_VOICE = "en_US-joe-medium"
@@ -132,7 +132,9 @@ def _synth_one(job: tuple[str, str, str, str]) -> tuple[str, float]:
     return item_id, len(wav) / _WORKER.sample_rate
 
 
-def _done_ids(manifest: Path) -> set[str]:
+def _done_ids(manifest: Path, redo_stale: str | None = None) -> set[str]:
+    """Ids already in the manifest. With redo_stale (a --piper-input), rows whose "spoken" text is no longer
+    what that setting gives (the normaliser changed) are dropped, with their wavs, to be made again."""
     done = set()
     if not manifest.exists():
         return done
@@ -141,21 +143,34 @@ def _done_ids(manifest: Path) -> set[str]:
         # A crash mid-line: drop the torn tail so the next append starts a clean line.
         raw = raw[: raw.rfind(b"\n") + 1]
         atomic_write_bytes(manifest, raw)
+    keep, stale = [], []
     for line in raw.decode("utf-8").splitlines():
-        if line.strip():
-            done.add(json.loads(line)["id"])
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        if redo_stale and row.get("spoken") != spoken_form(row["text"], redo_stale):
+            stale.append(row)
+            continue
+        keep.append(line)
+        done.add(row["id"])
+    if stale:
+        atomic_write_text(manifest, "".join(k + "\n" for k in keep))
+        for row in stale:
+            (manifest.parent / row["audio"]).unlink(missing_ok=True)
+        print(f"{manifest.name}: {len(stale)} items were spoken from stale text; making them again", flush=True)
     return done
 
 
 def synth_corpus(items: list[tuple[str, str]], out: Path, manifest_name: str, voice: str | None = None,
-                 workers: int = 1, piper_input: str = "normalized", desc: str = "synth") -> dict:
+                 workers: int = 1, piper_input: str = "normalized", desc: str = "synth",
+                 redo_stale: bool = False) -> dict:
     """Synthesise `items` into out/wavs and append to out/manifest_name; returns counts and speed."""
     from tqdm import tqdm
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "wavs").mkdir(exist_ok=True)
     manifest = out / manifest_name
-    done = _done_ids(manifest)
+    done = _done_ids(manifest, piper_input if redo_stale else None)
     todo = []
     for item_id, text in items:
         if item_id in done:
@@ -231,6 +246,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=1, help="processes, one CPU thread each")
     p.add_argument("--piper-input", choices=["normalized", "raw"], default="normalized",
                    help="what Piper reads: our normalised text (default) or the raw sentence")
+    p.add_argument("--redo-stale", action="store_true",
+                   help="re-make items whose recorded 'spoken' text the current normaliser would say differently "
+                        "(rewrites the manifest: not while another process reads it)")
     p.add_argument("--heldout-first", action="store_true", help="synthesise the held-out set before the training set")
     a = p.parse_args(argv)
     if a.workers < 1:
@@ -250,7 +268,8 @@ def main(argv: list[str] | None = None) -> int:
         if a.heldout_first:
             jobs.reverse()
     for name, items, desc in jobs:
-        s = synth_corpus(items, out, name, voice=a.voice, workers=a.workers, piper_input=a.piper_input, desc=desc)
+        s = synth_corpus(items, out, name, voice=a.voice, workers=a.workers, piper_input=a.piper_input, desc=desc,
+                         redo_stale=a.redo_stale)
         speed = s["audio_seconds"] / s["wall_seconds"] if s["wall_seconds"] else 0.0
         print(f"{desc}: {s['written']} written, {s['skipped_done']} already done, "
               f"{s['audio_seconds'] / 3600:.2f} h of audio at {speed:.1f}x real time -> {out / name}", flush=True)

@@ -105,7 +105,7 @@ def _plural(word: str, value: str) -> str:
 
 # ---------------------------------------------------------------- letters and abbreviations
 _LETTER_NAMES = dict(zip("abcdefghijklmnopqrstuvwxyz",
-                         "ay bee see dee ee ef gee aitch eye jay kay el em en oh pee cue ar ess tee you vee "
+                         "eigh bee see dee ee ef gee aitch eye jay kay el em en oh pee cue ar ess tee you vee "
                          "double-you ex why zee".split()))
 # Acronyms people say as words; every other short all-capital word is spelled out letter by letter.
 _SAID_AS_WORDS = {"NASA", "NATO", "UNESCO", "UNICEF", "LASER", "RADAR", "SCUBA", "AIDS", "COVID", "OPEC", "FIFA",

@@ -19,7 +19,6 @@ import json
 import math
 import os
 import random
-import shlex
 import sys
 import time
 from contextlib import nullcontext
@@ -120,6 +119,10 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return floor + (cfg.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * frac))
 
 
+def _every(step: int, n: int) -> bool:
+    return n > 0 and step % n == 0
+
+
 def _split(ids: list[int], n: int) -> list[list[int]]:
     """n nearly equal contiguous chunks (batches are length-sorted, so each chunk pads little)."""
     q, r = divmod(len(ids), n)
@@ -207,7 +210,8 @@ def evaluate(model: SpeechLM, ds: datamod.TokenDataset, micro: int, device, auto
         return {}
     was = model.training
     model.eval()
-    order = sorted(range(len(ds)), key=lambda i: ds.lengths()[i])
+    lengths = ds.lengths()
+    order = sorted(range(len(ds)), key=lambda i: lengths[i])
     total = sum(ds.items[i].n_frames for i in order)
     acc: dict = {}
     for s in range(0, len(order), micro):
@@ -278,7 +282,7 @@ def _model_card(out: Path, cfg: TrainConfig, model: SpeechLM, corpus, n_train: i
     lines = [f"# {out.name}", "", f"A speechmtp {kind}: {model.num_params() / 1e6:.2f} M parameters "
              f"({sum(p.numel() for p in model.mtp_parameters()) / 1e6:.2f} M in {mc.mtp_heads} {mc.mtp_kind} MTP heads).", "",
              "| | |", "|---|---|", f"| data | `{cfg.data}` ({n_train} train / {n_val} validation utterances, "
-             f"{sum(it.n_frames for it in corpus.items) / corpus.frame_rate / 3600:.2f} h) |",
+             f"{sum(it.n_frames for it in corpus.items) / corpus.frame_rate / 60:.1f} min) |",
              f"| codec | `{mc.codec}` |", f"| base | `{cfg.init_from or '-'}`{' (distilled heads)' if cfg.distill else ''} |",
              f"| steps | {step} of {cfg.steps}, global batch {cfg.batch_size}, {world} process(es) |",
              f"| optimiser | AdamW lr {cfg.lr:g}, warm-up {cfg.warmup}, cosine to {cfg.lr * cfg.min_lr_ratio:g}, "
@@ -299,6 +303,13 @@ def train(config) -> dict:
     cfg = _as_config(config)
     if not cfg.data or not cfg.out:
         raise SpeechMTPError("both --data and --out are required")
+    if not Path(cfg.data).exists():
+        raise SpeechMTPError(f"--data {cfg.data} does not exist; pass an LJSpeech folder, a JSONL manifest or a folder of .wav/.txt pairs")
+    for name in ("steps", "batch_size", "lr"):
+        if not getattr(cfg, name) > 0:
+            raise SpeechMTPError(f"--{name.replace('_', '-')} must be positive; got {getattr(cfg, name)}")
+    if cfg.micro_batch_size < 0 or cfg.warmup < 0 or cfg.grad_clip < 0 or cfg.weight_decay < 0:
+        raise SpeechMTPError("--micro-batch-size, --warmup, --grad-clip and --weight-decay must not be negative")
     if cfg.heads_only and not (cfg.init_from or cfg.resume):
         raise SpeechMTPError("--heads-only trains new MTP heads on a base model; add --from checkpoints/BASE")
     out = Path(cfg.out)
@@ -323,17 +334,22 @@ def _train(cfg: TrainConfig, dd: Dist, device: torch.device) -> dict:
     codec_spec = cfg.codec or _checkpoint_codec(cfg) or "default"
     log = (lambda *a: print(*a, file=sys.stderr, flush=True)) if dd.main else (lambda *a: None)
 
-    # data: rank 0 encodes (resumably) while the others wait, then everyone reads the cache
-    codec = load_codec(codec_spec, device=device if dd.main else "cpu", encodec_weights=cfg.encodec_weights)
+    # data: rank 0 encodes (resumably) while the others wait; then each node's first rank, which finds
+    # the cache done on a shared file system or encodes its own copy on a node-local one; then the rest
+    codec = load_codec(codec_spec, device=device if dd.local_rank == 0 else "cpu", encodec_weights=cfg.encodec_weights)
+    wait = None
+    if dd.world > 1:  # encoding a corpus can outlast NCCL's collective timeout, so wait on a patient gloo group
+        from datetime import timedelta
+
+        wait = dist.new_group(backend="gloo", timeout=timedelta(hours=6))
     corpus = None
-    if dd.main:
-        corpus = datamod.encode_corpus(cfg.data, codec, cfg.cache_dir, cfg.max_seconds, cfg.max_text_chars,
-                                       progress=cfg.progress)
-    if dd.world > 1:
-        dist.barrier()
-    if not dd.main:
-        corpus = datamod.encode_corpus(cfg.data, codec, cfg.cache_dir, cfg.max_seconds, cfg.max_text_chars,
-                                       progress=False, verbose=False)
+    for turn in ("main", "node", "rest"):
+        mine = {"main": dd.main, "node": dd.local_rank == 0 and not dd.main, "rest": dd.local_rank != 0}[turn]
+        if mine:
+            corpus = datamod.encode_corpus(cfg.data, codec, cfg.cache_dir, cfg.max_seconds, cfg.max_text_chars,
+                                           progress=cfg.progress and turn != "rest", verbose=turn != "rest")
+        if wait is not None:
+            dist.barrier(group=wait)
     model = _build_model(cfg, codec, codec_spec)
     del codec
     q, k_heads = model.cfg.n_codebooks, model.cfg.mtp_heads
@@ -431,9 +447,10 @@ def _train(cfg: TrainConfig, dd: Dist, device: torch.device) -> dict:
             if plan_epoch != pos["epoch"]:
                 plan, plan_epoch = datamod.epoch_batches(lengths, cfg.batch_size, cfg.seed, pos["epoch"]), pos["epoch"]
             ids = plan[pos["batch_idx"]]
-            pos["batch_idx"] += 1
-            if pos["batch_idx"] == len(plan):
-                pos["epoch"], pos["batch_idx"] = pos["epoch"] + 1, 0
+            # the position advances only with the optimiser step, so a Ctrl-C mid-step saves a consistent state
+            nxt = {"step": pos["step"] + 1, "epoch": pos["epoch"], "batch_idx": pos["batch_idx"] + 1}
+            if nxt["batch_idx"] == len(plan):
+                nxt["epoch"], nxt["batch_idx"] = nxt["epoch"] + 1, 0
             total = float(sum(train_items[i].n_frames for i in ids))
             chunks = _split(ids, n_micro)
             mine = chunks[dd.rank::dd.world]
@@ -442,9 +459,10 @@ def _train(cfg: TrainConfig, dd: Dist, device: torch.device) -> dict:
                 batch = {k: v.to(device, non_blocking=True) for k, v in datamod.collate([train_ds[i] for i in chunk]).items()}
                 w = float(batch["code_len"].sum()) / total
                 sync = runner.no_sync if (dd.world > 1 and j < len(mine) - 1) else nullcontext
-                with sync(), autocast():
-                    loss, m = runner(batch, cfg.distill)
-                    # DDP averages gradients over ranks: scale by world so the sum of weights is 1
+                with sync():
+                    with autocast():
+                        loss, m = runner(batch, cfg.distill)
+                    # DDP averages gradients over ranks: scale by world so the weights sum to 1
                     (loss * (w * dd.world)).backward()
                 _weighted(acc, m, w)
             if cfg.grad_clip > 0:
@@ -454,7 +472,7 @@ def _train(cfg: TrainConfig, dd: Dist, device: torch.device) -> dict:
                 g["lr"] = lr
             opt.step()
             opt.zero_grad(set_to_none=True)
-            pos["step"] += 1
+            pos.update(nxt)
             if dd.world > 1:  # the logged metrics are the whole global batch's
                 keys = sorted(acc)
                 vec = torch.tensor([acc[k] for k in keys], dtype=torch.float64, device=device)
@@ -465,14 +483,14 @@ def _train(cfg: TrainConfig, dd: Dist, device: torch.device) -> dict:
             if dd.main:
                 bar.update(1)
                 bar.set_postfix_str(_short(acc, k_heads), refresh=False)
-                if step % cfg.log_every == 0 or step == end:
+                if _every(step, cfg.log_every) or step == end:
                     write_metrics({"step": step, "split": "train", "lr": lr, "time_s": round(time.monotonic() - t0, 2), **acc})
-                if val_ds and (step % cfg.val_every == 0 or step == end):
+                if val_ds and (_every(step, cfg.val_every) or step == end):
                     last_val = evaluate(model, val_ds, micro, device, autocast, cfg.distill)
                     write_metrics({"step": step, "split": "val", **last_val})
                     bar.write(f"step {step} val: {_short(last_val, k_heads)}  expected frames/step "
-                              f"{last_val.get('expected_accept_per_step', 1.0):.2f}")
-            if step % cfg.save_every == 0 or step == end:
+                              f"{last_val.get('expected_accept_per_step', 1.0):.2f}", file=sys.stderr)
+            if _every(step, cfg.save_every) or step == end:
                 checkpoint()
     except KeyboardInterrupt:
         if dd.world == 1 and pos["step"] > 0:  # a finished step is worth keeping; DDP peers may be gone

@@ -191,9 +191,9 @@ def test_corrupt_weights_file(no_weights, monkeypatch):
         E.EncodecCodec(weights=str(bad))
 
 
-def test_weights_file_loads_and_folding_matches_the_package(no_weights):
-    """A local checkpoint loads from the hub cache, and our decode (weight norm folded) equals the
-    package's own decode through its weight-norm hooks."""
+@pytest.fixture(scope="module")
+def weights_file(tmp_path_factory):
+    """A checkpoint in the official layout (weight-norm g/v, codebooks): a random model's state dict."""
     import warnings
 
     from encodec import EncodecModel
@@ -204,12 +204,52 @@ def test_weights_file_loads_and_folding_matches_the_package(no_weights):
     for layer in ref.quantizer.vq.layers:
         layer._codebook.embed.normal_()
         layer._codebook.inited.fill_(1.0)
-    path = no_weights / "hub" / "checkpoints" / E.WEIGHTS_FILE
+    path = tmp_path_factory.mktemp("hub") / "checkpoints" / E.WEIGHTS_FILE
     path.parent.mkdir(parents=True)
     torch.save(ref.state_dict(), path)
+    return ref, path
+
+
+def test_weights_file_loads_and_folding_matches_the_package(weights_file, monkeypatch):
+    """A local checkpoint loads from the hub cache, and our decode (weight norm folded) equals the
+    package's own decode through its weight-norm hooks."""
+    ref, path = weights_file
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(path.parent.parent))
+    monkeypatch.delenv(E.WEIGHTS_ENV, raising=False)
     c = E.EncodecCodec(bandwidth=3.0)
     assert c.pretrained
     codes = torch.randint(0, 1024, (1, 4, 10))
     with torch.inference_mode():
         want = ref.decode([(codes, None)])
     assert_close(c.decode(codes), want)
+
+
+def test_roundtrip_cli(weights_file, tmp_path, capsys):
+    from speechmtp.codec.roundtrip import main
+    from speechmtp.utils import read_audio, write_audio
+
+    src, out = tmp_path / "in.wav", tmp_path / "out.wav"
+    write_audio(src, 0.3 * np.sin(2 * np.pi * 200 * np.arange(4000) / 16000), 16000)  # 0.25 s at 16 kHz
+    rc = main([str(src), "-o", str(out), "--codec", "encodec:1.5", "--encodec-weights", str(weights_file[1]),
+               "--stream-chunk", "3"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "(1, 2, 19)" in printed and "1.50 kbps" in printed and "max |stream - offline|" in printed
+    wav, sr = read_audio(out)
+    assert sr == 24000 and len(wav) == 6000
+
+
+def test_bench_codec_report():
+    from speechmtp.bench.codec import format_table, run_codec_bench
+
+    threads = torch.get_num_threads()
+    report = run_codec_bench(["encodec:1.5"], seconds=0.3, threads=1)
+    assert torch.get_num_threads() == threads
+    (r,) = report["results"]
+    for key in ("decode_rtf", "encode_rtf", "stream_rtf", "stream_rtf_chunk4", "chunk_latency_ms_p50",
+                "chunk_latency_ms_p95", "chunk4_latency_ms_p50", "stream_max_abs_diff", "sample_rate",
+                "frame_rate", "n_codebooks", "weights"):
+        assert key in r
+    assert r["stream_max_abs_diff"] <= 1e-4 * r["offline_peak"]
+    assert r["stream_first_audio_after_frames"] == 7 and r["n_codebooks"] == 2
+    assert "encodec:1.5" in format_table(report) and report["machine"]["cores"] >= 1

@@ -96,6 +96,12 @@ def test_jsonl_relative_and_absolute_paths(tmp_path):
     assert scan.items[2].id == "third" and scan.root == sub_manifest.parent
     # a folder holding exactly one manifest is detected as that manifest
     assert data.scan_corpus(tmp_path / "c" / "sub").layout == "jsonl"
+    # `data synth` layout: manifest.jsonl is the training manifest, heldout.jsonl is not
+    (tmp_path / "c" / "sub" / "heldout.jsonl").write_text(json.dumps(lines[0]) + "\n")
+    with pytest.raises(SpeechMTPError, match="several manifests"):
+        data.scan_corpus(tmp_path / "c" / "sub")
+    (tmp_path / "c" / "sub" / "manifest.jsonl").write_text(json.dumps(lines[1]) + "\n")
+    assert [it.text for it in data.scan_corpus(tmp_path / "c" / "sub").items] == ["A quick test."]
     corpus = data.encode_corpus(sub_manifest, FakeCodec(), progress=False, verbose=False)
     direct = FakeCodec().encode(sf.read(str(root / "clip1.wav"), dtype="float32")[0].T, 22050)[0]  # stereo (C, N)
     assert torch.equal(corpus.items[1].codes.long(), direct)  # cache round trip == codec on the raw file
@@ -196,3 +202,14 @@ def test_missing_path_and_empty_folder_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(SpeechMTPError, match="no corpus found"):
         data.scan_corpus(tmp_path / "empty")
+
+
+def test_cache_key_of_real_codecs():
+    from speechmtp.codec.encodec import EncodecCodec
+
+    def enc(bw):
+        torch.manual_seed(0)  # random init: equal seeds give equal weights
+        return EncodecCodec(bandwidth=bw, device="cpu", pretrained=False)
+    assert data.cache_key(enc(6.0)) == data.cache_key(enc(6.0))
+    assert data.cache_key(enc(6.0)) != data.cache_key(enc(12.0))
+    assert data.cache_key(enc(6.0)).startswith("encodec_6-")

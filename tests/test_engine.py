@@ -16,10 +16,14 @@ TEXT = "Hello there. How are you today? Fine, thanks."
 
 
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory):
+def ckpt(tmp_path_factory):
     torch.set_num_threads(1)
-    ck = build_tiny_checkpoint(tmp_path_factory.mktemp("voice"))
-    eng = Engine.load(ck, device="cpu", max_batch=4)
+    return build_tiny_checkpoint(tmp_path_factory.mktemp("voice"))
+
+
+@pytest.fixture(scope="module")
+def engine(ckpt):
+    eng = Engine.load(ckpt, device="cpu", max_batch=4)
     yield eng
     eng.close()
 
@@ -176,3 +180,25 @@ def test_load_missing_checkpoint_names_the_fix(tmp_path):
         Engine.load("no-such-voice-here")
     with pytest.raises(SpeechMTPError, match="not found"):
         Engine.load(tmp_path / "nothing-here")
+
+
+def test_say_command_writes_the_engine_audio(ckpt, engine, tmp_path, capsys):
+    import soundfile as sf
+
+    from speechmtp import say
+    from speechmtp.audio_format import float_to_pcm16
+
+    out = tmp_path / "say.wav"
+    assert say.main([TEXT, "-o", str(out), "--checkpoint", str(ckpt), "--device", "cpu", "--seed", "5",
+                     "--temperature", "0.9", "--max-frames", "24"]) == 0
+    wav, sr = sf.read(out, dtype="int16")
+    assert sr == engine.sample_rate
+    assert np.array_equal(wav, float_to_pcm16(engine.synthesize(TEXT, opts())))
+    assert "time to first audio" in capsys.readouterr().err
+    script = tmp_path / "bad.txt"
+    script.write_bytes(b"\xff\xfe not utf-8")
+    for argv, msg in [(["  ", "-o", str(out)], "empty"), (["-f", str(tmp_path / "none.txt"), "-o", str(out)], "not found"),
+                      (["-f", str(script), "-o", str(out)], "not UTF-8"), (["x" * 100_001, "-o", str(out)], "limit"),
+                      (["hi"], "nothing to do")]:
+        with pytest.raises(SpeechMTPError, match=msg):
+            say.main(argv + ["--checkpoint", str(ckpt)])

@@ -98,6 +98,24 @@ def test_resume_matches_uninterrupted_run(setup):
     a, b = weights(setup["base"] / "full"), weights(setup["base"] / "split")
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
+    # a Ctrl-C in the middle of step 8 (after backward, before the optimiser step) saves step 7 and resumes exactly
+    real_lr = trainmod.lr_at
+
+    def interrupt(step, c):
+        if step == 7:
+            raise KeyboardInterrupt
+        return real_lr(step, c)
+    trainmod.lr_at = interrupt
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            trainmod.train(cfg(setup, "ctrlc", steps=20, save_every=100))
+    finally:
+        trainmod.lr_at = real_lr
+    assert torch.load(setup["base"] / "ctrlc" / "train_state.pt", weights_only=True)["step"] == 7
+    trainmod.train(cfg(setup, "ctrlc", steps=20, save_every=100, resume=True))
+    c = weights(setup["base"] / "ctrlc")
+    for k in a:
+        torch.testing.assert_close(a[k], c[k], rtol=1e-5, atol=1e-6, msg=k)
     # the log is continuous: steps 1..20 once each
     steps = [json.loads(x)["step"] for x in (setup["base"] / "split" / "metrics.jsonl").read_text().splitlines()
              if json.loads(x)["split"] == "train"]
@@ -120,6 +138,12 @@ def test_heads_only_keeps_base_bit_identical(setup):
         assert any(not torch.equal(fresh.state_dict()[n], after[n]) for n in heads)
         cfgj = json.loads((setup["base"] / out / "config.json").read_text())
         assert cfgj["mtp_heads"] == k and cfgj["mtp_kind"] == kind and cfgj["codec"] == setup["codec"]
+    # --from without --heads-only fine-tunes everything
+    trainmod.train(cfg(setup, "finetune", steps=3, init_from=str(base), d_model=None, n_layers=None, n_heads=None,
+                       mtp_heads=None, codec=None, lr=1e-3))
+    tuned = weights(setup["base"] / "finetune")
+    base_w = weights(base)
+    assert all(not torch.equal(tuned[n], base_w[n]) for n in ("text_emb.weight", "blocks.0.wqkv.weight", "out.weight"))
     with pytest.raises(SpeechMTPError, match="--from"):
         trainmod.train(cfg(setup, "bad", heads_only=True))
     with pytest.raises(SpeechMTPError, match="architecture"):

@@ -167,8 +167,15 @@ def run_codec_bench(codecs: list[str] | None = None, seconds: float = 10.0, audi
         raise SpeechMTPError(f"--seconds must be positive, got {seconds}")
     if threads is not None and threads < 1:
         raise SpeechMTPError(f"--threads must be at least 1, got {threads}")
+    before = torch.get_num_threads()
     torch.set_num_threads(threads or os.cpu_count() or 1)
-    dev = pick_device(device)
+    try:
+        return _run(codecs, seconds, audio, pick_device(device), encodec_weights, chunks)
+    finally:
+        torch.set_num_threads(before)  # a caller (bench all, tests) keeps its own setting
+
+
+def _run(codecs, seconds, audio, dev, encodec_weights, chunks) -> dict:
     if audio:
         wav, sr = read_audio(audio)
         wav = wav[: int(seconds * sr)]

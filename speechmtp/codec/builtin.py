@@ -37,8 +37,8 @@ class BuiltinCodecConfig:
     subframes: int = 2  # iSTFT (and encoder STFT) frames per codec frame: hop/S = 10 ms
     n_fft: int = 640  # iSTFT window; latency = n_fft - hop/S samples
     n_mels: int = 80  # encoder input
-    enc_channels: int = 256
-    enc_layers: int = 4  # ConvNeXt blocks (offline only, so the encoder may be wider than the decoder)
+    enc_channels: int = 192
+    enc_layers: int = 2  # ConvNeXt blocks (offline only, so the encoder may be wider than the decoder)
     enc_kernel: int = 7
     latent_dim: int = 64  # codebook vector size
     n_codebooks: int = 4
@@ -79,7 +79,7 @@ class BuiltinCodecConfig:
 
 def tiny_config(**overrides) -> BuiltinCodecConfig:
     """A config small enough for unit tests (seconds on a CPU)."""
-    base = dict(hop_length=160, subframes=2, n_fft=160, n_mels=16, enc_channels=16, enc_layers=1, latent_dim=8,
+    base = dict(hop_length=320, subframes=2, n_fft=320, n_mels=16, enc_channels=16, enc_layers=1, latent_dim=8,
                 n_codebooks=2, codebook_size=16, dec_channels=16, kmeans_iters=2)
     base.update(overrides)
     return BuiltinCodecConfig(**base)

@@ -141,7 +141,7 @@ class MelSTFTLoss(torch.nn.Module):
             mel_l1 = mel_l1 + (torch.log(mel @ sy + 1e-5) - torch.log(mel @ sx + 1e-5)).abs().mean()
             sc = sc + torch.linalg.norm(sy - sx) / torch.linalg.norm(sx).clamp(min=1e-5)
         n = len(self.res)
-        return (mel_l1 + sc) / n, {"mel": float(mel_l1) / n, "sc": float(sc) / n}
+        return (mel_l1 + sc) / n, {"mel": mel_l1.item() / n, "sc": sc.item() / n}
 
 
 def si_snr(y: np.ndarray, x: np.ndarray) -> float:
@@ -228,9 +228,11 @@ def lr_at(step: int, total: int, base: float, warmup: int) -> float:
 def parse_overrides(text: str | None) -> dict:
     if not text:
         return {}
-    p = Path(text)
+    is_json = text.lstrip().startswith("{")
+    if not is_json and not Path(text).is_file():
+        raise SpeechMTPError(f"--config-json {text!r} is neither a JSON object nor an existing file")
     try:
-        data = json.loads(p.read_text() if p.is_file() else text)
+        data = json.loads(text if is_json else Path(text).read_text())
     except json.JSONDecodeError as e:
         raise SpeechMTPError(f"--config-json is neither a JSON object nor a JSON file ({e})") from e
     names = {f.name for f in dataclasses.fields(BuiltinCodecConfig)}
@@ -244,7 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="speechmtp codec train", description="train the built-in codec")
     p.add_argument("--data", required=True, help="folder of .wav/.flac (recursive) or a JSONL manifest")
     p.add_argument("--out", required=True, help="output folder, e.g. codecs/NAME")
-    p.add_argument("--steps", type=int, default=4000, help="total optimizer steps (counting resumed ones)")
+    p.add_argument("--steps", type=int, default=4000, help="total optimizer steps (counting resumed ones); sets the LR schedule")
+    p.add_argument("--stop-at", type=int, default=None,
+                   help="stop with a checkpoint at this step without changing the schedule (continue with --resume)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--segment-seconds", type=float, default=1.0)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -282,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.config_json:
             print("note: --config-json is ignored with --resume (the saved config.json wins)")
     else:
-        cfg = BuiltinCodecConfig(sample_rate=args.sample_rate, **parse_overrides(args.config_json))
+        cfg = BuiltinCodecConfig(**{"sample_rate": args.sample_rate, **parse_overrides(args.config_json)})
     torch.manual_seed(args.seed)
     codec = BuiltinCodec(cfg, device=device)
 
@@ -311,14 +315,17 @@ def main(argv: list[str] | None = None) -> int:
         step = int(state["step"])
         info["train_seconds"] = state["info"].get("train_seconds", 0.0)
         info["val"] = state["info"].get("val")
+        info["losses"] = state["info"].get("losses", [])
     else:
         # k-means the codebooks on encoder outputs of a few batches (encodec's own init would use one batch)
         with torch.no_grad():
             lat = [codec.encoder(sample_batch(train, weights, rng, args.batch_size, seg).to(device)) for _ in range(4)]
             lat = torch.cat([z.transpose(1, 2).reshape(-1, cfg.latent_dim) for z in lat])  # (N, D)
             codec.init_codebooks(lat)
-    if step >= args.steps:
-        print(f"already at step {step} >= --steps {args.steps}; nothing to do")
+    info.setdefault("losses", [])
+    end = min(args.steps, args.stop_at or args.steps)
+    if step >= end:
+        print(f"already at step {step}; nothing to do (raise --steps or --stop-at)")
         return 0
 
     from tqdm import tqdm
@@ -329,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.time()
     seconds0 = info["train_seconds"]
     try:
-        while step < args.steps:
+        while step < end:
             wav = sample_batch(train, weights, rng, args.batch_size, seg).to(device)
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, args.steps, args.lr, args.warmup)
@@ -342,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
             torch.nn.utils.clip_grad_norm_(codec.parameters(), 1.0)
             opt.step()
             step += 1
+            info["losses"].append(round(loss.item(), 5))
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}", mel=f"{parts['mel']:.3f}", commit=f"{float(commit):.3f}")
             info["train_seconds"] = seconds0 + time.time() - t_start
@@ -350,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
                 v = info["val"]
                 bar.write(f"step {step}: val mel {v['val_mel']:.3f}  SI-SNR {v['val_si_snr']:.2f} dB  codes used "
                           f"{' '.join(f'{u:.0%}' for u in v['codes_used'])}  train loss {loss.item():.3f}")
-            if step % args.save_every == 0 or step == args.steps:
+            if step % args.save_every == 0 or step == end:
                 save_checkpoint(out, codec, opt, step, rng, info)
     except KeyboardInterrupt:
         bar.close()
