@@ -57,8 +57,16 @@ async def stream_tts(url: str, chunks: Iterable[str] | AsyncIterable[str], on_au
     """Open a session with `config` fields (voice, mode, seed, format, sample_rate, api_key, ...),
     send every text chunk as it comes, then "end"; collect audio until "done"."""
     from websockets.asyncio.client import connect
-    from websockets.exceptions import ConnectionClosed
+    from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+    try:
+        return await _stream(url, chunks, on_audio, headers, on_ready, config, connect, ConnectionClosed)
+    except InvalidStatus as e:  # refused during the handshake: wrong key header, foreign origin, bad path
+        body = e.response.body.decode("utf-8", "replace").strip()
+        raise SpeechMTPError(f"server refused the connection: HTTP {e.response.status_code} {body}") from None
+
+
+async def _stream(url, chunks, on_audio, headers, on_ready, config, connect, ConnectionClosed) -> StreamResult:
     res = StreamResult()
     t0 = time.perf_counter()
     first_text: float | None = None

@@ -303,7 +303,7 @@ class Engine:
         path = cls.resolve_checkpoint(checkpoint)
         dev = pick_device(device)
         model = SpeechLM.from_pretrained(path, device=dev)
-        cfg = getattr(model, "cfg", None) or getattr(model, "config")
+        cfg = model.cfg
         spec = cfg.codec
         if not Path(spec).is_absolute() and (path / spec / "config.json").is_file():
             spec = str(path / spec)  # a codec shipped inside the checkpoint folder
@@ -328,7 +328,13 @@ class Engine:
         """A new stream; pass the running loop to read it with `aevents()`."""
         if self._error is not None:
             raise SpeechMTPError(f"the synthesis engine stopped after an internal error: {self._error!r}")
-        sess = Session(self, opts or self.defaults, loop)
+        opts = opts or self.defaults
+        # a long sentence must leave room for its audio in the model's context
+        cap = max(16, self.model.cfg.max_seq_len // 4)
+        if opts.max_sentence_chars > cap:
+            opts = dataclasses.replace(opts, max_sentence_chars=cap)
+        sess = Session(self, opts, loop)
+        self._gen_config(sess).resolve(self.model)  # bad settings fail here, not on the engine thread
         with self._cond:
             self._sessions[sess.id] = sess
             self._start()
@@ -489,7 +495,11 @@ class Engine:
                     continue
                 cfg = self._gen_config(s)
                 s._n_sentences += 1
-                slot = self._decoder.add(ids, cfg)
+                try:
+                    slot = self._decoder.add(ids, cfg)
+                except SpeechMTPError as e:  # e.g. too long for the model's context: this sentence only
+                    s._emit(Event("error", data={"code": "sentence_failed", "message": str(e)}))
+                    continue
                 with self._cond:
                     self._slots[slot] = s
                     self._slot_of[s.id] = slot

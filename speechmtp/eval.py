@@ -39,6 +39,8 @@ def wer_words(text: str) -> list[str]:
     """Text -> words for scoring: our normaliser, then no punctuation, hyphens and apostrophes."""
     from .text import normalize
 
+    # ASR writes clock times with a dot ("10.45am"); read them as times, not decimals.
+    text = re.sub(r"\b(\d{1,2})\.(\d{2})\s?([ap]\.?m\b)", r"\1:\2 \3", text, flags=re.I)
     try:
         norm = normalize(text)
     except SpeechMTPError:
@@ -165,6 +167,7 @@ def read_heldout(path: str | os.PathLike, n: int | None) -> list[dict]:
 
 def _score(name: str, rows: list[dict], hyps: list[str], extra: dict | None = None) -> dict:
     res = {"system": name, "n": len(rows), **corpus_wer([r["text"] for r in rows], hyps), **(extra or {})}
+    res["items"] = [{"id": r["id"], "ref": r["text"], "hyp": h} for r, h in zip(rows, hyps)]
     res["worst"] = sorted(({"id": r["id"], "ref": r["text"], "hyp": h, "wer": round(wer(r["text"], h), 3)}
                            for r, h in zip(rows, hyps)), key=lambda x: -x["wer"])[:5]
     return res

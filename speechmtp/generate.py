@@ -102,19 +102,29 @@ class GenerationStats:
                 "depth_acceptance": self.depth_acceptance, "wall_time": self.wall_time}
 
 
+_TABLES: dict = {}
+
+
+def _grammar_table(n_codebooks: int, codebook_size: int, device) -> torch.Tensor:
+    """bool (3, Q, V + 2): state 0 = free (codes; END too on codebook 0), 1 = BOS only, 2 = END only."""
+    key = (n_codebooks, codebook_size, str(device))
+    if key not in _TABLES:
+        tok = torch.arange(codebook_size + 2, device=device)
+        code, end, bos = tok < codebook_size, tok == codebook_size, tok == codebook_size + 1
+        free = torch.stack([code | end] + [code] * (n_codebooks - 1))
+        _TABLES[key] = torch.stack([free, bos.expand_as(free), end.expand_as(free)])
+    return _TABLES[key]
+
+
 def allowed_tokens(g: torch.Tensor, end: torch.Tensor, n_codebooks: int, codebook_size: int,
                    max_frames: torch.Tensor) -> torch.Tensor:
     """Which tokens each codebook may take at grid step g (...), given codebook 0's END step `end` (...,
     INF if none yet) and max_frames (...). -> bool (..., Q, V + 2)."""
-    dev = g.device
-    q = torch.arange(n_codebooks, device=dev)
-    frame = g[..., None] - q  # (..., Q)
-    tok = torch.arange(codebook_size + 2, device=dev)
-    is_code, is_end, is_bos = tok < codebook_size, tok == codebook_size, tok == codebook_size + 1
-    force_bos = (frame < 0)[..., None]
-    force_end = ((frame >= end[..., None]) | ((q == 0) & (frame >= max_frames[..., None])))[..., None]
-    free = torch.where((q == 0)[:, None], is_code | is_end, is_code)  # (Q, V+2)
-    return torch.where(force_bos, is_bos, torch.where(force_end, is_end, free))
+    q = torch.arange(n_codebooks, device=g.device)
+    frame = g[..., None] - q  # (..., Q) frame index each codebook holds at step g
+    force_end = (frame >= end[..., None]) | ((q == 0) & (frame >= max_frames[..., None]))
+    state = torch.where(frame < 0, 1, torch.where(force_end, 2, 0))
+    return _grammar_table(n_codebooks, codebook_size, g.device)[state, q]
 
 
 def _check_text(model: SpeechLM, text_ids) -> torch.Tensor:
@@ -126,8 +136,8 @@ def _check_text(model: SpeechLM, text_ids) -> torch.Tensor:
     return t
 
 
-def _max_frames(model: SpeechLM, n_text: int, cfg: GenerationConfig) -> int:
-    room = model.cfg.max_seq_len - n_text - 1 - max(0, model.cfg.n_codebooks - 2)
+def _max_frames(model: SpeechLM, n_text: int, cfg: GenerationConfig, max_len: int | None = None) -> int:
+    room = (max_len or model.cfg.max_seq_len) - n_text - 1 - max(0, model.cfg.n_codebooks - 2)
     if room < 1:
         raise SpeechMTPError(f"text of {n_text} tokens leaves no room for audio in max_seq_len "
                              f"{model.cfg.max_seq_len}; split the text into sentences (speechmtp.text.split_sentences)")
@@ -154,7 +164,7 @@ def ntp_reference(model: SpeechLM, text_ids, cfg: GenerationConfig | None = None
     while True:
         e = steps.shape[1] - 1  # grid step being predicted
         h = model(text[None], torch.tensor([text.numel()], device=dev), steps)[:, -1]
-        logits = model.logits(model.norm_f(h))[0]  # (Q, n)
+        logits = model.logits(model.norm_f(h))[0].to(torch.promote_types(h.dtype, torch.float32))  # (Q, n)
         ok = allowed_tokens(torch.tensor(e, device=dev), torch.tensor(end, device=dev), qn, v, mf)
         logits = logits.masked_fill(~ok, -math.inf)
         if cfg.temperature == 0:
@@ -196,7 +206,9 @@ class BatchDecoder:
     accept_fn = staticmethod(speculative_accept)
     residual_fn = staticmethod(residual)
 
-    def __init__(self, model: SpeechLM, max_batch: int, device=None):
+    def __init__(self, model: SpeechLM, max_batch: int, device=None, max_len: int | None = None):
+        """max_len: positions per row (text + audio steps), default and at most model.cfg.max_seq_len;
+        a smaller one shrinks the KV cache when sessions are known to be short."""
         if max_batch < 1:
             raise SpeechMTPError(f"max_batch must be >= 1, got {max_batch}")
         self.model = model.eval()
@@ -206,21 +218,19 @@ class BatchDecoder:
         self.max_batch = max_batch
         c = model.cfg
         self.q, self.v, self.n, self.k = c.n_codebooks, c.codebook_size, model.n_tokens, c.mtp_heads
-        self.caches = model.make_caches(max_batch)
+        self.max_len = min(max_len or c.max_seq_len, c.max_seq_len)
+        self.caches = model.make_caches(max_batch, self.max_len + c.mtp_heads + 2)
         kk, dev, mb = max(self.k, 1), self.dev, max_batch
         self.last = torch.zeros(mb, self.q, dtype=torch.long, device=dev)
         self.drafts = torch.zeros(mb, kk, self.q, dtype=torch.long, device=dev)
-        self.qprobs = torch.zeros(mb, kk, self.q, self.n, dtype=model.out.weight.dtype, device=dev)
+        # probabilities in at least float32, even for half-precision models
+        self.pdtype = torch.promote_types(model.out.weight.dtype, torch.float32)
+        self.qprobs = torch.zeros(mb, kk, self.q, self.n, dtype=self.pdtype, device=dev)
         self.d = torch.zeros(mb, dtype=torch.long, device=dev)
         # per-row settings, gathered by row index in the vectorised step
-        self.p_temp = torch.zeros(mb, device=dev)
-        self.p_topk = torch.zeros(mb, dtype=torch.long, device=dev)
-        self.p_topp = torch.ones(mb, device=dev)
-        self.p_relaxed = torch.zeros(mb, dtype=torch.bool, device=dev)
-        self.p_rtopk = torch.zeros(mb, dtype=torch.long, device=dev)
-        self.p_rminp = torch.zeros(mb, device=dev)
-        self.p_thr = torch.zeros(mb, device=dev)
-        self.p_depth = torch.zeros(mb, dtype=torch.long, device=dev)
+        # per-row settings (mb, 8): temperature, top_k, top_p, relaxed?, relaxed_top_k, relaxed_min_prob,
+        # adaptive threshold, depth; one gather per step in the vectorised post-processing
+        self.params = torch.zeros(mb, 8, dtype=torch.float64, device=dev)
         self.slots: dict[int, _Slot] = {}
 
     # -- slot management -------------------------------------------------------------------------------
@@ -231,18 +241,16 @@ class BatchDecoder:
             raise SpeechMTPError(f"all {self.max_batch} decoder slots are busy; wait for one to finish or raise max_batch")
         i = free[0]
         text = _check_text(self.model, text_ids).to(self.dev)
-        mf = _max_frames(self.model, text.numel(), cfg)
+        mf = _max_frames(self.model, text.numel(), cfg, self.max_len)
         gen = None
         if cfg.temperature > 0:
             gen = torch.Generator(device=self.dev)
             gen.manual_seed(cfg.seed if cfg.seed is not None else torch.seed())
         grid = torch.zeros(self.q, last_step(mf, self.q) + self.k + 2, dtype=torch.long, device=self.dev)
         self.slots[i] = _Slot(cfg, depth, gen, text, mf, grid)
-        self.p_temp[i], self.p_topk[i], self.p_topp[i] = cfg.temperature, cfg.top_k, cfg.top_p
-        self.p_relaxed[i] = cfg.mode == "mtp-relaxed"
-        self.p_rtopk[i], self.p_rminp[i] = cfg.relaxed_top_k, cfg.relaxed_min_prob
-        self.p_thr[i] = cfg.adaptive_threshold if cfg.adaptive else 0.0
-        self.p_depth[i] = depth
+        self.params[i] = torch.tensor([cfg.temperature, cfg.top_k, cfg.top_p, float(cfg.mode == "mtp-relaxed"),
+                                       cfg.relaxed_top_k, cfg.relaxed_min_prob,
+                                       cfg.adaptive_threshold if cfg.adaptive else 0.0, depth], dtype=torch.float64)
         self.d[i] = 0
         return i
 
@@ -300,17 +308,17 @@ class BatchDecoder:
         b, nd = len(rows), width - 1
         idx = torch.tensor(rows, device=dev)
         ar_b = torch.arange(b, device=dev)
-        logits = model.logits(model.norm_f(h))  # (B, W, Q, n)
-        e = torch.tensor([s.e for s in slots], device=dev)
-        end = torch.tensor([s.end for s in slots], device=dev)
-        mf = torch.tensor([s.max_frames for s in slots], device=dev)
-        temp, d, depth = self.p_temp[idx], self.d[idx], self.p_depth[idx]
+        logits = model.logits(model.norm_f(h)).to(self.pdtype)  # (B, W, Q, n)
+        e, end, mf = torch.tensor([[s.e, s.end, s.max_frames] for s in slots], device=dev).unbind(1)
+        temp, topk, topp, relaxed, rtopk, rminp, thr, depth = self.params[idx].unbind(1)
+        temp, topk, topp, rminp, thr = (t.to(self.pdtype) for t in (temp, topk, topp, rminp, thr))
+        relaxed, rtopk, depth, topk = relaxed > 0, rtopk.long(), depth.long(), topk.long()
+        d = self.d[idx]
         greedy = temp == 0
-        relaxed = self.p_relaxed[idx]
         ones = torch.ones_like(temp)
         temp_f = torch.where(greedy, ones, temp)  # greedy rows: plain softmax (confidence, relaxed min_prob)
-        topk_f = torch.where(greedy, torch.zeros_like(self.p_topk[idx]), self.p_topk[idx])
-        topp_f = torch.where(greedy, ones, self.p_topp[idx])
+        topk_f = torch.where(greedy, torch.zeros_like(topk), topk)
+        topp_f = torch.where(greedy, ones, topp)
         dmax = max(s.depth for s in slots)
         # host-side flags: skip work no row needs (greedy rows need no probabilities at all)
         need_p = any(s.gen is not None or s.cfg.mode == "mtp-relaxed" or s.cfg.adaptive for s in slots)
@@ -320,7 +328,7 @@ class BatchDecoder:
             if need_filter:
                 return probs_from_logits(lg, temp_f, topk_f, topp_f)
             return (lg / temp_f.view((-1,) + (1,) * (lg.dim() - 1)).to(lg.dtype)).softmax(-1)
-        u = torch.zeros(b, 3, dmax + 1, qn, device=dev, dtype=logits.dtype)
+        u = torch.zeros(b, 3, dmax + 1, qn, device=dev, dtype=self.pdtype)
         for r, s in enumerate(slots):
             if s.gen is not None:
                 u[r, :, : s.depth + 1] = torch.rand((3, s.depth + 1, qn), generator=s.gen, device=dev)
@@ -345,7 +353,7 @@ class BatchDecoder:
             acc_nd = x == tgt[:, :nd]
             if need_p:
                 spec = self.accept_fn(p[:, :nd], qp, x, u[:, 0, :nd])
-                rel = relaxed_accept(p[:, :nd], x, self.p_rtopk[idx], self.p_rminp[idx])
+                rel = relaxed_accept(p[:, :nd], x, rtopk, rminp)
                 rb, gb = relaxed[:, None, None], greedy[:, None, None]
                 acc_nd = torch.where(rb, rel, torch.where(gb, acc_nd, spec))
             acc[:, :nd] = acc_nd & valid[..., None]
@@ -375,7 +383,8 @@ class BatchDecoder:
             dcount = torch.zeros_like(d)
             xs, qs = [], []
             for k in range(depth_max):
-                h_prev, lg = model.head_step(k, h_prev, h_sel, tok)  # (B, Q, n)
+                h_prev, lg = model.head_step(k, h_prev, h_sel, tok)
+                lg = lg.to(self.pdtype)  # (B, Q, n)
                 gk = e_new + k
                 lg = lg.masked_fill(~allowed_tokens(gk, end_c, qn, v, mf), -math.inf)
                 xk = lg.argmax(-1)
@@ -384,7 +393,7 @@ class BatchDecoder:
                     qk = probs(lg)
                     xk = torch.where(greedy[:, None], xk, sample_from_probs(qk, u[:, 2, k]))
                     conf = qk.max(-1).values.min(-1).values  # (B,) least confident codebook
-                    active = active & ((k == 0) | (conf >= self.p_thr[idx]))
+                    active = active & ((k == 0) | (conf >= thr))
                     qs.append(qk)
                 dcount = dcount + active.long()
                 end_c = torch.where((end_c == INF) & (xk[:, 0] == model.end_id), gk, end_c)
@@ -435,7 +444,8 @@ class Generation:
     """Iterator over (Q, n) chunks of finished frames; `.stats` fills in as it runs."""
 
     def __init__(self, model: SpeechLM, text_ids, cfg: GenerationConfig):
-        self._dec = BatchDecoder(model, 1)
+        n_text = _check_text(model, text_ids).numel()  # a cache just long enough for this one session
+        self._dec = BatchDecoder(model, 1, max_len=n_text + 1 + last_step(cfg.max_frames, model.cfg.n_codebooks))
         self._slot = self._dec.add(text_ids, cfg)
 
     @property

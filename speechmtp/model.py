@@ -36,7 +36,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .text import PAD, TEXT_VOCAB_SIZE
+from .text import TEXT_VOCAB_SIZE
 from .utils import SpeechMTPError, load_config, load_safetensors, save_config, save_safetensors
 
 
@@ -313,6 +313,9 @@ class SpeechLM(nn.Module):
             raise SpeechMTPError(f"batch codes reach {int(codes.max())} but codebook_size is {self.cfg.codebook_size}")
         audio_in, grid, mask = self.training_grid(codes, code_len)
         s = audio_in.shape[1]
+        if text.shape[1] + s > self.cfg.max_seq_len:
+            raise SpeechMTPError(f"a batch needs {text.shape[1] + s} positions (text {text.shape[1]} + audio steps {s}) but "
+                                 f"max_seq_len is {self.cfg.max_seq_len}; drop or split longer utterances, or raise max_seq_len")
         h = self.forward(text, text_len, audio_in)  # (B, S, D)
         main = self.logits(self.norm_f(h))  # (B, S, Q, n)
         metrics: dict[str, float] = {}

@@ -45,6 +45,7 @@ ERRORS: dict[str, tuple[bool, int | None]] = {
     "already_configured": (False, None),
     "session_ended": (False, None),  # text/flush after "end"
     "unspeakable_text": (False, None),  # a sentence with nothing the voice can read was skipped
+    "sentence_failed": (False, None),  # the voice could not synthesise one sentence (message says why); skipped
 }
 
 

@@ -30,7 +30,8 @@ def filter_logits(logits: torch.Tensor, temperature=1.0, top_k=0, top_p=1.0) -> 
     logits = logits.masked_fill(logits < kth, -math.inf)
     p = _bcast(top_p, logits).to(logits.dtype)
     probs = srt.masked_fill(srt < kth, -math.inf).softmax(-1)
-    drop_sorted = (probs.cumsum(-1) - probs) >= p  # keep the smallest prefix reaching top_p (always the first)
+    # keep the smallest prefix reaching top_p (always the first); top_p >= 1 is off, not subject to rounding
+    drop_sorted = ((probs.cumsum(-1) - probs) >= p) & (p < 1)
     drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
     return logits.masked_fill(drop, -math.inf)
 

@@ -218,7 +218,10 @@ class TTSServer:
             engine = self.engines[c.voice]
             opts = engine.options(mode=c.mode, temperature=c.temperature, top_k=c.top_k, top_p=c.top_p, seed=c.seed,
                                   first_chunk_frames=c.first_chunk_frames, chunk_frames=c.chunk_frames)
-            sess = engine.open_session(opts, loop=asyncio.get_running_loop())
+            try:
+                sess = engine.open_session(opts, loop=asyncio.get_running_loop())
+            except SpeechMTPError as e:  # settings this voice cannot honour, e.g. mtp without MTP heads
+                raise ProtocolError("invalid_config", str(e)) from None
             encoder = AudioEncoder(engine.sample_rate, c.format, c.sample_rate)
             self.metrics.sessions_total += 1
             await ws.send(json.dumps({

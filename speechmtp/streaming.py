@@ -76,6 +76,8 @@ class CausalConv1d(StreamingLayer):
     def __init__(self, conv: nn.Conv1d, pad_mode: str = "zero"):
         if conv.stride[0] != 1 or conv.padding[0] != 0 or conv.padding_mode != "zeros":
             raise NotImplementedError("streaming supports stride-1 Conv1d without built-in padding")
+        if pad_mode not in ("zero", "constant", "reflect", "replicate"):
+            raise NotImplementedError(f"streaming cannot reproduce pad_mode {pad_mode!r}")
         self.conv = conv
         self.pad = (conv.kernel_size[0] - 1) * conv.dilation[0]
         self.pad_mode = pad_mode

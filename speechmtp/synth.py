@@ -197,7 +197,8 @@ def synth_corpus(items: list[tuple[str, str]], out: Path, manifest_name: str, vo
             stats["audio_seconds"] += seconds
             bar.update(1)
             bar.set_postfix(audio_h=f"{stats['audio_seconds'] / 3600:.2f}",
-                            x_realtime=f"{stats['audio_seconds'] / max(time.time() - t0, 1e-9):.1f}")
+                            x_realtime=f"{stats['audio_seconds'] / max(time.time() - t0, 1e-9):.1f}",
+                            refresh=False)  # let mininterval pace the log
 
         fresh = []
         for job in todo:

@@ -124,6 +124,7 @@ _UNITS = {"km": "kilometer", "kg": "kilogram", "cm": "centimeter", "mm": "millim
           "h": "hour", "hr": "hour", "hrs": "hour", "°c": "degrees celsius", "°f": "degrees fahrenheit"}
 _MONTHS = "january february march april may june july august september october november december".split()
 _MONTH_ABBR = {m[:3]: m for m in _MONTHS} | {"sept": "september"}
+_IDIOMS = {"24/7": "twenty-four seven", "50/50": "fifty-fifty"}
 _CURRENCY = {"$": ("dollar", "cent"), "£": ("pound", "penny"), "€": ("euro", "cent"), "¥": ("yen", None)}
 _SYMBOLS = {"&": " and ", "+": " plus ", "@": " at ", "=": " equals ", "#": " number ", "%": " percent ",
             "/": " slash ", "*": " ", "_": " ", "~": " ", "^": " ", "|": " ", "\\": " ", "<": " ", ">": " ",
@@ -263,7 +264,8 @@ _URL_RE = re.compile(r"\b(?:https?://|www\.)[^\s]+[^\s.,!?;:)\"']", re.I)
 _EMAIL_RE = re.compile(r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)+\b")
 _MONEY_RE = re.compile(r"(?P<sym>[$£€¥])\s?(?P<amt>\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?)"
                        r"(?:\s(?P<scale>thousand|million|billion|trillion)\b)?", re.I)
-_PHONE_RE = re.compile(r"(?<![\d-])(?:\+?1[ -])?(?:\(\d{3}\)\s?|\d{3}[-.])?\d{3}[-.]\d{4}(?![\d-])")
+_PHONE_RE = re.compile(r"(?<![\d-])(?:\+?1[ -])?(?:\(\d{3}\)\s?|\d{3}[-.])?\d{3}[-.]\d{4}(?![\d-])"
+                       r"|\+\d{1,3}(?:[ .-]\d{2,4}){2,5}\b")
 _ISO_DATE_RE = re.compile(r"\b(\d{4})-(\d{1,2})-(\d{1,2})\b")
 _SLASH_DATE_RE = re.compile(r"\b(\d{1,2})/(\d{1,2})/(\d{4}|\d{2})\b")
 _MONTH_DATE_RE = re.compile(r"\b(?P<mon>" + "|".join(m.capitalize() for m in _MONTHS) +
@@ -357,11 +359,19 @@ def normalize(text: str) -> str:
     text = re.sub(r"(?:'(?=\d)|\b)(\d0|\d{3}0)s\b", _decade, text)
     text = _UNIT_RE.sub(_unit, text)
     text = re.sub(r"\b(\d+)(?:st|nd|rd|th)\b", lambda m: ordinal_to_words(int(m.group(1))), text, flags=re.I)
+    text = re.sub(r"\b(24/7|50/50)\b", lambda m: _IDIOMS[m.group(1)], text)
     text = re.sub(r"(?<![\d/])(\d{1,2})/(\d{1,2})(?![\d/])", _fraction, text)
+    text = re.sub(r"\b\d+(?:\.\d+){2,}\b", lambda m: " point ".join(_expand_plain_number(x) for x in m.group(0).split(".")),
+                  text)  # versions and IP-like strings: "2.0.1" -> "two point zero point one"
+    text = re.sub(r"(?<=\d)\s?-\s?(?=\d)", " to ", text)  # ranges and scores: "5-10" -> "five to ten"
+    text = re.sub(r"(?<=[A-Za-z])-(?=\d)", " ", text)  # "COVID-19" -> "covid 19"
     # Abbreviations: before sentence splitting would see their full stops, and before lower-casing.
     text = re.sub(r"\b(?:e\.g\.|i\.e\.)", lambda m: "for example" if m.group(0)[0] in "eE" else "that is", text,
                   flags=re.I)
     text = re.sub(r"\b(" + "|".join(_ABBREVIATIONS) + r"|st)\.", _abbrev, text, flags=re.I)
+    # Dotted initialisms ("U.S.", "U.K."): letter names; the last dot doubles as a full stop at a sentence end.
+    text = re.sub(r"\b(?:[A-Za-z]\.){2,}", lambda m: spell(m.group(0).replace(".", "")) +
+                  ("." if _ends_sentence(m.string[m.end():]) else ""), text)
     text = re.sub(r"\b([A-Z]{2,})(s)?\b", _acronym, text)
     # A letter glued to digits ("BA123", "A4"): spell the letters, read the number.
     text = re.sub(r"\b([A-Za-z]{1,3})(\d+)\b", lambda m: f"{spell(m.group(1))} {_expand_plain_number(m.group(2))}", text)
@@ -382,31 +392,38 @@ _NO_SPLIT_AFTER = {"dr", "mr", "mrs", "ms", "prof", "jr", "sr", "mt", "ave", "ap
 _SPLIT_IF_CAPITAL = {"etc", "st", "inc", "ltd", "a.m", "p.m"}  # may end a sentence; say so when a capital follows
 
 
+def sentence_ends(text: str):
+    """Yield (end, next_start) for each sentence boundary in `text`: the sentence is text[:end] (punctuation
+    and closing quotes included), the next one starts at next_start. A boundary needs whitespace after it,
+    so a streaming caller can feed partial text and only ever get boundaries that later text cannot undo,
+    except "etc." / "St." / "p.m." at the very end of the buffer, which wait for the next word's case.
+    """
+    for m in re.finditer(r"[.!?;]+[\"')\]]*(\s+)|\n[ \t]*\n\s*", text):
+        if m.group(1) is None:  # blank line
+            yield m.start(), m.end()
+            continue
+        if m.group(0)[0] == ".":
+            word = re.search(r"([\w.]*)\.$", text[:m.start() + 1])
+            w = (word.group(1) if word else "").lower()
+            if w in _NO_SPLIT_AFTER or (len(w) == 1 and w.isalpha() and text[m.start() - 1].isupper()):
+                continue  # "Dr. Lee", "e.g. this", "J. R. Tolkien"
+            if w in _SPLIT_IF_CAPITAL and not text[m.end():m.end() + 1].isupper():
+                continue  # "etc. and more" goes on; "etc. Then" ends
+        yield m.start(1), m.end()
+
+
 def split_sentences(text: str) -> list[str]:
     """Split after . ! ? ; (and closing quotes/brackets) followed by space, or at blank lines.
 
     Does not split after titles and abbreviations ("Dr. Lee", "e.g. this", "vs. them"), single initials
-    ("J. R. Tolkien"), or inside numbers ("3.5"); "etc." / "St." / "p.m." end a sentence only before a capital.
+    ("J. R. R. Tolkien"), or inside numbers ("3.5"); "etc." / "St." / "p.m." end a sentence only before a capital.
     """
-    text = text.strip()
-    if not text:
-        return []
     out, start = [], 0
-    for m in re.finditer(r"[.!?;]+[\"')\]]*(\s+)|\n\s*\n", text):
-        before = text[start:m.start() + 1] if not m.group(0).startswith("\n") else ""
-        if before and m.group(0)[0] == ".":
-            word = re.search(r"([\w.]*)\.$", text[:m.start() + 1])
-            w = (word.group(1) if word else "").lower()
-            nxt = text[m.end():m.end() + 1]
-            if w in _NO_SPLIT_AFTER or re.fullmatch(r"[a-z]", w) and text[m.start() - 1].isupper():
-                continue
-            if w in _SPLIT_IF_CAPITAL and not nxt.isupper():
-                continue
-        piece = text[start:m.start() + len(m.group(0)) - len(m.group(1) or "")].strip() if m.group(1) is not None \
-            else text[start:m.start()].strip()
+    for end, nxt in sentence_ends(text):
+        piece = text[start:end].strip()
         if piece:
             out.append(piece)
-        start = m.end()
+        start = nxt
     tail = text[start:].strip()
     if tail:
         out.append(tail)

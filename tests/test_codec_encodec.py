@@ -222,6 +222,13 @@ def test_weights_file_loads_and_folding_matches_the_package(weights_file, monkey
     with torch.inference_mode():
         want = ref.decode([(codes, None)])
     assert_close(c.decode(codes), want)
+    wav = 0.3 * torch.sin(torch.arange(3200) * 0.05)[None, None]  # (1, 1, N)
+    ref.set_target_bandwidth(3.0)
+    with torch.inference_mode():
+        want_codes = ref.encode(wav)[0][0]
+    got = c.encode(wav)
+    assert got.shape == want_codes.shape == (1, 4, 10)
+    assert (got == want_codes).float().mean() > 0.95  # folding may flip a near-tie, rarely
 
 
 def test_roundtrip_cli(weights_file, tmp_path, capsys):
@@ -253,3 +260,47 @@ def test_bench_codec_report():
     assert r["stream_max_abs_diff"] <= 1e-4 * r["offline_peak"]
     assert r["stream_first_audio_after_frames"] == 7 and r["n_codebooks"] == 2
     assert "encodec:1.5" in format_table(report) and report["machine"]["cores"] >= 1
+
+
+# -- the generic streaming layers, against their offline torch equivalents ------------------------
+def _feed(layer, x, sizes):
+    outs, i = [], 0
+    for n in sizes:
+        outs.append(layer.step(x[..., i:i + n]))
+        i += n
+    outs.append(layer.step(x[..., :0], final=True))
+    return torch.cat(outs, dim=-1)
+
+
+def test_pad_left_matches_encodec_pad1d():
+    from encodec.modules.conv import pad1d
+
+    for n in (1, 3, 4, 5, 9):
+        x = torch.randn(1, 2, n)
+        for mode in ("reflect", "zero", "replicate"):
+            assert torch.equal(S.pad_left(x, 4, mode), pad1d(x, (4, 0), mode="constant" if mode == "zero" else mode))
+
+
+@pytest.mark.parametrize("mode", ["zero", "reflect", "replicate"])
+def test_streaming_causal_conv_pad_modes(mode):
+    conv = torch.nn.Conv1d(3, 4, kernel_size=3, dilation=2)
+    x = torch.randn(2, 3, 23)
+    with torch.no_grad():
+        ref = conv(S.pad_left(x, 4, mode))
+        for sizes in ([1] * 23, [2, 9, 12], [23]):
+            y = _feed(S.CausalConv1d(conv, mode), x, sizes)
+            assert_close(y, ref)
+        short = x[..., :3]  # shorter than the padding: encodec's pad1d zero-extends before reflecting
+        assert_close(_feed(S.CausalConv1d(conv, mode), short, [1, 1, 1]), conv(S.pad_left(short, 4, mode)))
+
+
+def test_streaming_transposed_conv_and_lstm():
+    convtr = torch.nn.ConvTranspose1d(3, 2, kernel_size=5, stride=2)  # kernel not a multiple of stride
+    lstm = torch.nn.LSTM(3, 3, num_layers=2)
+    x = torch.randn(2, 3, 40)
+    with torch.no_grad():
+        ref = convtr(x)[..., :80]  # offline trims kernel - stride samples on the right
+        assert_close(_feed(S.CausalConvTranspose1d(convtr), x, [1, 3, 16, 20]), ref)
+        ref = lstm(x.permute(2, 0, 1))[0].permute(1, 2, 0) + x
+        for sizes in ([1] * 40, [20, 20], [40]):  # stepped cells and the fused module both
+            assert_close(_feed(S.LSTM(lstm, skip=True), x, sizes), ref)

@@ -95,3 +95,15 @@ def test_load_codec_encodec_without_weights(tmp_path, monkeypatch):
     monkeypatch.delenv("SPEECHMTP_ENCODEC_WEIGHTS", raising=False)
     with pytest.raises(SpeechMTPError, match="encodec_24khz-d7cc33bc.th"):
         load_codec("encodec:6")
+
+
+def test_load_codec_builtin_folder_by_path_and_relative(tmp_path, monkeypatch):
+    builtin = pytest.importorskip("speechmtp.codec.builtin")
+    saved = builtin.BuiltinCodec(builtin.tiny_config())
+    saved.save(tmp_path / "mine")
+    monkeypatch.chdir(tmp_path)
+    codes = torch.randint(0, saved.codebook_size, (1, saved.n_codebooks, 5))
+    for spec in (str(tmp_path / "mine"), "mine"):
+        loaded = load_codec(spec, device="cpu")
+        assert type(loaded) is builtin.BuiltinCodec
+        assert torch.equal(loaded.decode(codes), saved.decode(codes))

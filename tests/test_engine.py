@@ -202,3 +202,15 @@ def test_say_command_writes_the_engine_audio(ckpt, engine, tmp_path, capsys):
                       (["hi"], "nothing to do")]:
         with pytest.raises(SpeechMTPError, match=msg):
             say.main(argv + ["--checkpoint", str(ckpt)])
+
+
+def test_settings_the_voice_cannot_honour_fail_at_open(tmp_path):
+    eng = Engine.load(build_tiny_checkpoint(tmp_path / "ntp-only", mtp_heads=0), device="cpu")
+    try:
+        with pytest.raises(SpeechMTPError, match="MTP heads"):
+            eng.open_session(SynthesisOptions(mode="mtp"))
+        out = eng.synthesize("Plain decoding still works.", SynthesisOptions(mode="ntp", max_frames=8))
+        assert out.size == eng.last_timings["frames"] * eng.codec.hop_length > 0
+        assert eng.last_timings["accepted_per_step"] == 1.0  # ntp: one grid step per forward pass
+    finally:
+        eng.close()

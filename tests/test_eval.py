@@ -22,6 +22,7 @@ def test_wer_counts():
 def test_wer_normalises_both_sides():
     assert ev.wer("Dr. Lee paid $5.50 at 3:30 pm.", "doctor lee paid five dollars and fifty cents at three thirty p.m.") == 0.0
     assert ev.wer("It's twenty-one, OK?", "its twenty one ok") == 0.0
+    assert ev.wer("Leave at 10:45 AM.", "Leave at 10.45am.") == 0.0  # Whisper's way of writing times
     assert ev.wer("Hello.", "\u4f60\u597d") == 1.0  # a hypothesis in another script is all deletions, not a crash
 
 
@@ -64,3 +65,34 @@ def test_transcribe_teacher(tmp_path):
     assert rep["results"][0]["wer"] <= 0.25, rep["results"][0]["worst"]
     with pytest.raises(SpeechMTPError, match="sample_rate"):
         ev.transcribe([np.zeros(160, np.float32)])
+
+
+def test_run_eval_modes_with_a_fake_engine(tmp_path, monkeypatch):
+    # The per-mode path (synthesis, timing, scoring, table) without a trained checkpoint or the ASR.
+    import speechmtp.engine as engine_mod
+
+    class FakeEngine:
+        name, sample_rate = "fake", 16000
+
+        def options(self, **kw):
+            self.last = kw
+            return kw
+
+        def synthesize(self, text, opts):
+            return np.zeros(1600 * len(text.split()), np.float32)
+
+        def close(self):
+            self.closed = True
+
+    fake = FakeEngine()
+    monkeypatch.setattr(engine_mod.Engine, "load", classmethod(lambda cls, ckpt, device=None: fake))
+    monkeypatch.setattr(ev, "transcribe", lambda wavs, sample_rate=None, threads=1: ["one two three"] * len(list(wavs)))
+    (tmp_path / "h.jsonl").write_text("".join(
+        json.dumps({"id": f"h{i}", "audio": f"wavs/h{i}.wav", "text": t}) + "\n"
+        for i, t in enumerate(["One two three.", "One two four."])))
+    rep = ev.run_eval("whatever", str(tmp_path / "h.jsonl"), n=0, modes=("ntp", "mtp"), teacher=False,
+                      progress=False, seed=7)
+    assert [r["system"] for r in rep["results"]] == ["fake:ntp", "fake:mtp"]
+    assert rep["results"][0]["wer"] == pytest.approx(1 / 6) and rep["results"][0]["audio_seconds"] == pytest.approx(0.6)
+    assert fake.last["seed"] == 7 and fake.closed
+    assert "fake:mtp" in ev.format_table(rep)

@@ -1,4 +1,6 @@
 """Decoding: mtp greedy == ntp greedy exactly, generate == reference, adaptive, relaxed, BatchDecoder."""
+import copy
+
 import pytest
 import torch
 
@@ -61,8 +63,8 @@ def test_mtp_greedy_equals_ntp_greedy_trained_and_accepts(trained):
 
 def test_generate_ntp_sampling_equals_reference():
     m = random_model("independent", 2, 3)
-    for seed in (0, 1, 2):
-        kw = dict(mode="ntp", temperature=1.0, top_k=5, top_p=0.9, max_frames=20, seed=seed)
+    for seed, filt in ((0, dict(top_k=5, top_p=0.9)), (1, dict(top_k=5, top_p=0.9)), (2, {}), (3, dict(top_p=0.7))):
+        kw = dict(mode="ntp", temperature=1.0, max_frames=20, seed=seed, **filt)
         assert torch.equal(codes_of(m, PROMPTS[0], **kw)[0], ntp_reference(m, PROMPTS[0], GenerationConfig(**kw)))
 
 
@@ -168,3 +170,16 @@ def test_config_errors():
     dec.add(PROMPTS[0])
     with pytest.raises(SpeechMTPError, match="busy"):
         dec.add(PROMPTS[0])
+
+
+def test_decode_bench_runs_on_a_checkpoint(tmp_path, trained):
+    from speechmtp.bench.decode import run_decode_bench
+
+    copy.deepcopy(trained).float().save_pretrained(tmp_path / "ck")  # the fixture stays float64
+    res = run_decode_bench(str(tmp_path / "ck"), ["hi there.", "a b c."], device="cpu", max_frames=12,
+                           frame_rate=75.0, reference=False)
+    assert res["greedy_identical"] is True
+    for key in ("speedup_mtp", "speedup_mtp_relaxed", "accepted_per_step", "machine", "step_latency_ms"):
+        assert key in res
+    g = res["greedy"]
+    assert g["ntp"]["accepted_per_step"] == 1.0 and g["mtp"]["forward_passes"] <= g["ntp"]["forward_passes"]

@@ -16,6 +16,7 @@ from speechmtp.client import stream_tts
 from speechmtp.engine import Engine, SynthesisOptions, build_tiny_checkpoint
 from speechmtp.protocol import Limits
 from speechmtp.server import ServerConfig, TTSServer
+from speechmtp.utils import SpeechMTPError
 
 KEY = "test-key"
 TEXT = "Hello there. How are you today? Fine, thanks."
@@ -268,6 +269,8 @@ def test_handshake_auth_and_origin(srv):
         with pytest.raises(InvalidStatus) as e401:
             async with connect(srv.url, additional_headers={"x-api-key": "wrong"}):
                 pass
+        with pytest.raises(SpeechMTPError, match="HTTP 401"):  # the client turns it into a clear error
+            await stream_tts(srv.url, ["Hi."], headers={"x-api-key": "wrong"})
         with pytest.raises(InvalidStatus) as e403:
             async with connect(srv.url, origin="http://evil.example"):
                 pass
@@ -315,6 +318,9 @@ def test_concurrent_clients_and_vanishing_client(srv, engine):
 
     asyncio.run(vanish())
     wait_idle(srv, engine)
+    deadline = time.time() + 10  # websockets' own per-connection tasks end a moment after the handler
+    while srv.tasks() > base_tasks and time.time() < deadline:
+        time.sleep(0.05)
     assert srv.tasks() == base_tasks  # no handler, receive or send task left behind
     health = json.loads(urllib.request.urlopen(srv.http + "/healthz", timeout=5).read())
     assert health["ok"] is True and health["sessions"] == 0 and health["slots"] == 0

@@ -69,6 +69,13 @@ def test_years(y, words):
     ("Code 0042 and id 8462911.", "code zero zero four two and id eight four six two nine one one."),
     ("Mail bob@example.com now.", "mail bob at example dot com now."),
     ("See www.example.com/help now.", "see double-you double-you double-you dot example dot com slash help now."),
+    ("Read pages 5-10.", "read pages five to ten."),
+    ("Open 24/7.", "open twenty-four seven."),
+    ("COVID-19 hit.", "covid nineteen hit."),
+    ("Version 2.0.1 out.", "version two point zero point one out."),
+    ("Back in the U.S.", "back in the you ess."),
+    ("The U.S. team won.", "the you ess team won."),
+    ("Meet at 7 AM.", "meet at seven eigh em."),
     # typography
     ("\u201cCaf\u00e9\u201d \u2014 it\u2019s  fine\u2026", '"cafe" - it\'s fine...'),
 ])
@@ -143,3 +150,13 @@ def test_shipped_corpus_normalizes_cleanly():
         ids = T.encode(s)
         assert T.UNK not in ids, s
         assert not any(c.isdigit() for c in T.decode(ids)), s
+
+
+def test_sentence_ends_streaming():
+    # Boundaries found in a prefix stay boundaries of the whole text (what a streaming buffer needs).
+    full = "Dr. Lee came at 3.5 p.m. Then e.g. tea! Is it? Yes. And"
+    whole = list(T.sentence_ends(full))
+    for cut in range(len(full)):
+        part = list(T.sentence_ends(full[:cut]))
+        assert part == whole[:len(part)], full[:cut]
+    assert [full[:e] for e, _ in whole][0] == "Dr. Lee came at 3.5 p.m."

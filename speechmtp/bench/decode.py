@@ -80,15 +80,17 @@ def _load(checkpoint: str | None, device: torch.device) -> tuple[SpeechLM, str]:
     return train_synthetic_model(SYNTHETIC, steps=80).to(device), "synthetic"
 
 
-def _frame_rate(model: SpeechLM, override: float | None) -> float:
+def _frame_rate(model: SpeechLM, override: float | None) -> tuple[float, str]:
+    """-> (frames per second of audio, where that number came from)."""
     if override:
-        return float(override)
+        return float(override), "--frame-rate"
     try:
         from ..codec import load_codec
 
-        return float(load_codec(model.cfg.codec).frame_rate)
-    except Exception:  # no codec on disk (toy model): the built-in codec's documented rate
-        return 75.0
+        return float(load_codec(model.cfg.codec).frame_rate), f"codec {model.cfg.codec}"
+    except Exception as e:  # no codec on disk (a toy model): say so rather than guess silently
+        print(f"bench decode: cannot load codec {model.cfg.codec!r} ({e}); assuming 75 frames/s", file=sys.stderr)
+        return 75.0, "assumed (codec not loadable)"
 
 
 def _run_mode(model, texts, cfg: GenerationConfig, device) -> tuple[list[torch.Tensor], dict]:
@@ -118,12 +120,13 @@ def step_latency(model: SpeechLM, width: int = 1, iters: int = 50) -> float:
     dev = model.out.weight.device
     caches = model.make_caches(1)
     tok = torch.zeros(1, width, model.cfg.n_codebooks, dtype=torch.long, device=dev)
+    at = min(100, model.cfg.max_seq_len // 2)  # a typical context length
     with torch.no_grad():
         for i in range(5 + iters):
             if i == 5:
                 t0 = time.perf_counter()
-            pos = (100 + torch.arange(width, device=dev))[None]
-            h = model.forward_step(tok, pos, caches, kv_len=100 + width)
+            pos = (at + torch.arange(width, device=dev))[None]
+            h = model.forward_step(tok, pos, caches, kv_len=at + width)
             model.logits(model.norm_f(h))
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
@@ -132,15 +135,16 @@ def step_latency(model: SpeechLM, width: int = 1, iters: int = 50) -> float:
 
 def run_decode_bench(checkpoint: str | None = None, texts: list[str] | None = None, device: str | None = None,
                      threads: int | None = None, max_frames: int = 300, frame_rate: float | None = None,
-                     temperature: float = 0.8, top_k: int = 0, seed: int = 0) -> dict:
+                     temperature: float = 0.8, top_k: int = 0, seed: int = 0, reference: bool = True) -> dict:
+    """Every mode on the same model and texts -> the result dict (see the module docstring)."""
     if threads:
         torch.set_num_threads(threads)
     dev = pick_device(device)
     model, source = _load(checkpoint, dev)
     texts = texts or DEFAULT_TEXTS
-    fr = _frame_rate(model, frame_rate)
+    fr, fr_source = _frame_rate(model, frame_rate)
     res: dict = {"model_source": source, "model_params": model.num_params(), "mtp_heads": model.cfg.mtp_heads,
-                 "mtp_kind": model.cfg.mtp_kind, "frame_rate": fr, "texts": len(texts), "max_frames": max_frames,
+                 "mtp_kind": model.cfg.mtp_kind, "frame_rate": fr, "frame_rate_source": fr_source, "texts": len(texts), "max_frames": max_frames,
                  "machine": {"platform": platform.platform(), "python": platform.python_version(),
                              "torch": torch.__version__, "device": str(dev), "threads": torch.get_num_threads(),
                              "cpu_count": os.cpu_count(),
@@ -162,10 +166,10 @@ def run_decode_bench(checkpoint: str | None = None, texts: list[str] | None = No
     res["speedup_mtp_relaxed"] = g["mtp-relaxed"]["speedup"]
     res["accepted_per_step"] = g["mtp"]["accepted_per_step"]
     res["step_latency_ms"] = {f"width{w}": 1000 * step_latency(model, w) for w in (1, 1 + model.cfg.mtp_heads)}
-    # the model cost of a default-voice-sized LM (random weights: latency does not depend on them)
-    ref = SpeechLM(REFERENCE_SIZE).to(dev).eval()
-    res["reference_step_latency_ms"] = {"config": "d_model 384, 8 layers, 8x1024 codebooks",
-                                        **{f"width{w}": 1000 * step_latency(ref, w) for w in (1, 5)}}
+    if reference:  # the model cost of a default-voice-sized LM (random weights: latency does not depend on them)
+        ref = SpeechLM(REFERENCE_SIZE).to(dev).eval()
+        res["reference_step_latency_ms"] = {"config": "d_model 384, 8 layers, 8x1024 codebooks, 4 heads",
+                                            **{f"width{w}": 1000 * step_latency(ref, w) for w in (1, 5)}}
     return res
 
 

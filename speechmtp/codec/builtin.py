@@ -51,7 +51,7 @@ class BuiltinCodecConfig:
     # quantiser (encodec.quantization.ResidualVectorQuantizer)
     ema_decay: float = 0.99
     kmeans_iters: int = 20
-    dead_code_threshold: float = 2.0
+    dead_code_threshold: float = 0.25  # EMA uses per batch; encodec's 2.0 assumes far bigger batches than a CPU takes
     commit_weight: float = 1.0
 
     def validate(self) -> None:
@@ -218,7 +218,7 @@ class BuiltinCodec(nn.Module, Codec):
         self.encoder = Encoder(cfg)
         self.quantizer = ResidualVectorQuantizer(
             dimension=cfg.latent_dim, n_q=cfg.n_codebooks, bins=cfg.codebook_size, decay=cfg.ema_decay,
-            kmeans_init=True, kmeans_iters=cfg.kmeans_iters, threshold_ema_dead_code=cfg.dead_code_threshold)
+            kmeans_init=True, kmeans_iters=cfg.kmeans_iters, threshold_ema_dead_code=0)  # see `_revive`
         # kmeans_init leaves zero codebooks until the first training batch; random ones make an untrained
         # codec decode something non-trivial (tests) while `inited` stays False so training still runs k-means.
         for layer in self.quantizer.vq.layers:
@@ -257,14 +257,46 @@ class BuiltinCodec(nn.Module, Codec):
         return F.embedding(codes + offsets, self.codebook_table()).sum(1).transpose(1, 2)
 
     def forward(self, wav: torch.Tensor):
-        """Training pass: (B, 1, N) -> (reconstruction (B, 1, T*hop), commitment loss, codes (B, Q, T))."""
-        z = self.encoder(self.pad_wav(wav))
-        q = self.quantizer(z, self.frame_rate)
-        return self.decoder(q.quantized), q.penalty, q.codes.transpose(0, 1)
+        """Training pass: (B, 1, N) -> (reconstruction (B, 1, T*hop), commitment loss, codes (B, Q, T)).
+
+        The RVQ loop of encodec's ResidualVectorQuantization.forward, plus dead-code revival per level.
+        """
+        z = self.encoder(self.pad_wav(wav))  # (B, D, T)
+        residual, quantized, losses, codes = z, 0.0, [], []
+        for layer in self.quantizer.vq.layers:
+            q, idx, loss = layer(residual)
+            if self.training:
+                self._revive(layer._codebook, residual.detach())
+            residual = residual - q
+            quantized = quantized + q
+            losses.append(loss)
+            codes.append(idx)
+        return self.decoder(quantized), torch.stack(losses).mean(), torch.stack(codes, 1)
 
     @torch.no_grad()
-    def init_codebooks(self, latents: torch.Tensor, iters: int | None = None) -> None:
-        """K-means each RVQ level on latents (N, D) and its residuals; memory-light (encodec's broadcasts N x K x D)."""
+    def _revive(self, cb, residual: torch.Tensor) -> None:
+        """Move codes whose EMA use fell below the threshold onto random vectors of this batch.
+
+        encodec's own expiry only rewrites `embed`, which the EMA step then overwrites from `embed_avg`,
+        so there dead codes stay dead; here `embed_avg` and `cluster_size` move with them.
+        """
+        dead = cb.cluster_size < self.cfg.dead_code_threshold
+        n = int(dead.sum())
+        if n == 0:
+            return
+        x = residual.transpose(1, 2).reshape(-1, residual.shape[1])  # (B*T, D)
+        pick = x[torch.randint(0, len(x), (n,), device=x.device)]
+        cb.embed[dead] = pick
+        cb.embed_avg[dead] = pick
+        cb.cluster_size[dead] = 1.0  # a grace period of ~140 steps at decay 0.99 before it can be revived again
+
+    @torch.no_grad()
+    def init_codebooks(self, latents: torch.Tensor, iters: int | None = None, batches: int = 1) -> None:
+        """K-means each RVQ level on latents (N, D) and its residuals; memory-light (encodec's broadcasts N x K x D).
+
+        `batches`: how many training batches the latents came from, so the EMA cluster sizes start at a
+        per-batch scale and the dead-code threshold means the same from the first step on.
+        """
         x = latents.detach().float()
         for layer in self.quantizer.vq.layers:
             cb = layer._codebook
@@ -278,9 +310,10 @@ class BuiltinCodec(nn.Module, Codec):
                 means = torch.where(counts[:, None] > 0, sums / counts.clamp(min=1)[:, None], means)
             assign = torch.cdist(x, means).argmin(1)
             counts = torch.bincount(assign, minlength=k).float()
+            size = counts / batches
             cb.embed.copy_(means)
-            cb.embed_avg.copy_(means * counts[:, None].clamp(min=1))
-            cb.cluster_size.copy_(counts.clamp(min=1))
+            cb.embed_avg.copy_(means * size[:, None])
+            cb.cluster_size.copy_(size)
             cb.inited.fill_(1.0)
             x = x - means[assign]
 
@@ -369,6 +402,12 @@ class BuiltinStreamDecoder(StreamDecoder):
         tap = torch.arange(k, device=codec.device)[None, :]  # (1, k)
         book = torch.arange(q, device=codec.device)[:, None]  # (Q, 1)
         self.offsets = ((tap * q + book) * (kk + 1))[None]  # (1, Q, k): row of code c at (tap, book) = offset + c
+        # plain tensors, not module attributes: nn.Module.__getattr__ costs microseconds per frame.
+        # The stream decoder snapshots the weights; make a new one after changing them.
+        self.grus = [(g.weight_ih_l0.detach(), g.weight_hh_l0.detach(), g.bias_ih_l0.detach(), g.bias_hh_l0.detach())
+                     for g in dec.grus]
+        self.head_w, self.head_b = dec.head.weight.detach(), dec.head.bias.detach()
+        self.mlps = list(dec.mlps)
         self.window = dec.window
         self.reset()
 
@@ -382,6 +421,7 @@ class BuiltinStreamDecoder(StreamDecoder):
         self.codes = torch.full((b, cfg.n_codebooks, cfg.dec_kernel - 1), self.pad_code, dtype=torch.long, device=dev)
         self.states = [torch.zeros(b, cfg.dec_channels, device=dev) for _ in range(cfg.dec_gru_layers)]
         self.tail = torch.zeros(b, cfg.n_fft - cfg.istft_hop, device=dev)  # overlap not yet complete
+        self.bags = torch.arange(b, device=dev) * cfg.n_codebooks * cfg.dec_kernel  # embedding_bag offsets, 1 frame
 
     def _check(self, codes: torch.Tensor) -> torch.Tensor:
         """The base class's checks with fewer tensor ops (this runs once per frame)."""
@@ -411,19 +451,22 @@ class BuiltinStreamDecoder(StreamDecoder):
         self.codes = buf[:, :, t:]
         hop, hs, n_fft = cfg.hop_length, cfg.istft_hop, cfg.n_fft
         if t == 1:
-            x = F.silu(F.embedding_bag((buf + self.offsets).view(b, -1), self.table, mode="sum"))  # (B, C)
-            for i, gru in enumerate(dec.grus):
-                self.states[i] = torch.gru_cell(x, self.states[i], gru.weight_ih_l0, gru.weight_hh_l0,
-                                                gru.bias_ih_l0, gru.bias_hh_l0)
-                x = x + self.states[i]
-            for mlp in dec.mlps:
+            x = F.silu(F.embedding_bag((buf + self.offsets).view(-1), self.table, self.bags, mode="sum"))  # (B, C)
+            states = self.states
+            for i, w in enumerate(self.grus):
+                states[i] = torch.gru_cell(x, states[i], *w)
+                x = x + states[i]
+            for mlp in self.mlps:
                 x = x + mlp(x)
-            mag, phase = dec.head(x).view(b, cfg.subframes, 2, -1).unbind(2)  # (B, S, F) each
-            spec = torch.polar(mag.clamp(max=cfg.log_mag_max).exp(), phase)
+            mag, phase = F.linear(x, self.head_w, self.head_b).view(b, cfg.subframes, 2, -1).unbind(2)
+            spec = torch.polar(mag.clamp(max=cfg.log_mag_max).exp(), phase)  # (B, S, F)
             fr = torch.fft.irfft(spec, n=n_fft, norm="ortho") * self.window  # (B, S, n_fft)
-            full = F.pad(self.tail, (0, hop))  # (B, keep + hop)
-            for i in range(cfg.subframes):
-                full[:, i * hs: i * hs + n_fft] += fr[:, i]
+            if cfg.subframes == 1:
+                full = F.pad(self.tail, (0, hop)) + fr[:, 0]  # (B, n_fft): old overlap + this frame
+            else:
+                full = F.pad(self.tail, (0, hop))  # (B, keep + hop)
+                for i in range(cfg.subframes):
+                    full[:, i * hs: i * hs + n_fft] += fr[:, i]
         else:
             idx = (buf.unfold(2, cfg.dec_kernel, 1) + self.offsets[:, :, None]).transpose(1, 2)  # (B, t, Q, k)
             x = F.silu(F.embedding_bag(idx.reshape(b * t, -1), self.table, mode="sum")).view(b, t, -1)

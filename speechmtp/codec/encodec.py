@@ -97,6 +97,7 @@ def streaming_twin(module: nn.Module) -> S.StreamingLayer:
     if isinstance(module, SConv1d):
         if not module.causal or not isinstance(module.conv.norm, nn.Identity):
             raise NotImplementedError("only causal SConv1d without a time norm can stream")
+        # stride 1 (all decoder convs): encodec's extra right padding, get_extra_padding_for_conv1d, is 0
         return S.CausalConv1d(module.conv.conv, pad_mode=module.pad_mode)
     if isinstance(module, SConvTranspose1d):
         if not module.causal or module.trim_right_ratio != 1.0 or not isinstance(module.convtr.norm, nn.Identity):
@@ -120,10 +121,14 @@ class EncodecCodec(Codec):
                  device: str | torch.device | None = None, pretrained: bool = True):
         from encodec import EncodecModel
 
-        bandwidth = float(bandwidth)
+        given = bandwidth
+        try:
+            bandwidth = float(bandwidth)
+        except (TypeError, ValueError):
+            bandwidth = float("nan")  # reported by the check below
         if bandwidth not in BANDWIDTHS:
             raise SpeechMTPError(f"EnCodec 24 kHz bandwidth must be one of {', '.join(f'{b:g}' for b in BANDWIDTHS)} "
-                                 f"kbps; got {bandwidth:g} (e.g. --codec encodec:6)")
+                                 f"kbps; got {given!r} (e.g. --codec encodec:6)")
         self.bandwidth = bandwidth
         self.n_codebooks = int(round(bandwidth / 0.75))  # 10 bits x 75 frames/s = 0.75 kbps per codebook
         self.name = f"encodec:{bandwidth:g}"

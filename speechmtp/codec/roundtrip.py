@@ -29,8 +29,8 @@ def main(argv: list[str]) -> int:
     if args.stream_chunk is not None and args.stream_chunk < 1:
         raise SpeechMTPError(f"--stream-chunk must be at least 1 frame, got {args.stream_chunk}")
 
+    wav, sr = read_audio(args.input)  # before loading the codec: a wrong path fails at once
     codec = load_codec(args.codec, device=args.device, encodec_weights=args.encodec_weights)
-    wav, sr = read_audio(args.input)
     seconds = len(wav) / sr
     print(f"input   {args.input}: {seconds:.2f} s at {sr} Hz")
 

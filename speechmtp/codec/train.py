@@ -321,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         with torch.no_grad():
             lat = [codec.encoder(sample_batch(train, weights, rng, args.batch_size, seg).to(device)) for _ in range(4)]
             lat = torch.cat([z.transpose(1, 2).reshape(-1, cfg.latent_dim) for z in lat])  # (N, D)
-            codec.init_codebooks(lat)
+            codec.init_codebooks(lat, batches=4)
     info.setdefault("losses", [])
     end = min(args.steps, args.stop_at or args.steps)
     if step >= end:
@@ -351,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
             step += 1
             info["losses"].append(round(loss.item(), 5))
             bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}", mel=f"{parts['mel']:.3f}", commit=f"{float(commit):.3f}")
+            bar.set_postfix(loss=f"{loss.item():.3f}", mel=f"{parts['mel']:.3f}", commit=f"{commit.item():.3f}")
             info["train_seconds"] = seconds0 + time.time() - t_start
             if args.val_every and step % args.val_every == 0:
                 info["val"] = validate(codec, val, loss_fn)
