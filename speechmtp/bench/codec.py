@@ -69,7 +69,10 @@ def _stream(codec, codes: torch.Tensor, chunk: int):
     return torch.cat(parts, dim=-1), times, first
 
 
-def bench_one(codec, wav: np.ndarray, sample_rate: int, chunks=(1, 4)) -> dict:
+def bench_one(codec, wav: np.ndarray, sample_rate: int, chunks=(1, 4), random_codes: bool = False) -> dict:
+    """`random_codes`: decode uniformly random codes of the encoded shape instead of the encoder's. Why: an
+    untrained encoder maps everything to a few codes, and a near-constant signal would make the
+    streaming-exactness check meaningless; decoding costs the same for any code values."""
     seconds = len(wav) / sample_rate
     dev = codec.device
     with torch.inference_mode():
@@ -80,8 +83,12 @@ def bench_one(codec, wav: np.ndarray, sample_rate: int, chunks=(1, 4)) -> dict:
         _stream(codec, warm, 1)
 
         codes, t_enc = _timed(lambda: codec.encode(wav, sample_rate=sample_rate), dev)
+        if random_codes:
+            g = torch.Generator().manual_seed(0)
+            codes = torch.randint(0, codec.codebook_size, tuple(codes.shape), generator=g).to(codes.device)
         ref, t_dec = _timed(lambda: codec.decode(codes), dev)
         res = {"codec": codec.name, "audio_seconds": round(seconds, 3),
+               "decoded_codes": "random" if random_codes else "encoded",
                "encode_rtf": t_enc / seconds, "decode_rtf": t_dec / seconds,
                "encode_x_realtime": seconds / t_enc, "decode_x_realtime": seconds / t_dec}
         diffs = []
@@ -186,7 +193,7 @@ def _run(codecs, seconds, audio, dev, encodec_weights, chunks) -> dict:
     results = []
     for spec in codecs or default_specs():
         codec, weights = _load(spec, dev, encodec_weights)
-        res = bench_one(codec, wav, sr, chunks)
+        res = bench_one(codec, wav, sr, chunks, random_codes=weights == "random")
         res["spec"], res["weights"] = spec, weights
         results.append(res)
     return {"machine": machine_info(dev), "audio": source, "results": results}

@@ -1,6 +1,6 @@
 """The built-in codec: a small causal neural codec designed to stream on a CPU.
 
-    wav ─► causal log-mel frames (hop/S) ─► encoder (causal convs, frame rate) ─► RVQ (encodec's, EMA)
+    wav ─► causal log-mel frames (hop/S) ─► encoder (causal ConvNeXt, frame rate) ─► RVQ (encodec's, EMA)
     codes ─► summed codebook vectors ─► causal conv ─► GRU ─► MLP ─► log-magnitude + phase ─► iSTFT (OLA)
 
 Everything after the codes runs at the frame rate (50 Hz by default) and is causal, so the
@@ -9,18 +9,16 @@ reproduces `decode` to float precision for any chunking. A GRU (one fused op per
 a stack of ConvNeXt blocks is what makes one-frame streaming cheap: on a 2-core CPU every small
 torch op costs ~5 µs, and a 20 ms frame must decode in under 0.2 ms to run 100x faster than real time.
 
-Latency: frame t's iSTFT sub-frames end at the last sample the encoder saw, so the decoded audio is
-the input delayed by `latency_samples` = n_fft - hop/S (30 ms at the defaults) and every `push`
-returns exactly hop samples per frame; `flush` has nothing left to return.
+Latency: frame t's iSTFT window ends at the last sample the encoder saw, so the decoded audio is
+the input delayed by `latency_samples` = n_fft - hop/S (320 samples = 20 ms at the defaults) and
+every `push` returns exactly hop samples per frame; `flush` has nothing left to return.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
-import shutil
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -34,7 +32,7 @@ class BuiltinCodecConfig:
     kind: str = "builtin"
     sample_rate: int = 16000
     hop_length: int = 320  # samples per codec frame: 50 frames/s at 16 kHz
-    subframes: int = 2  # iSTFT (and encoder STFT) frames per codec frame: hop/S = 10 ms
+    subframes: int = 1  # iSTFT (and encoder STFT) frames per codec frame; 2 is smoother but costs streaming speed
     n_fft: int = 640  # iSTFT window; latency = n_fft - hop/S samples
     n_mels: int = 80  # encoder input
     enc_channels: int = 192
@@ -364,12 +362,6 @@ class BuiltinCodec(nn.Module, Codec):
         dev = pick_device(device) if not isinstance(device, torch.device) else device
         codec.device = dev
         return codec.to(dev).eval()
-
-
-def copy_readme(src: Path, dst: Path) -> None:
-    """Keep a model card when a codec is copied to a new folder."""
-    if (src / "README.md").is_file() and src.resolve() != dst.resolve():
-        shutil.copyfile(src / "README.md", dst / "README.md")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -261,8 +261,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--config-json", default=None, help="JSON object (or file) of BuiltinCodecConfig overrides")
+    p.add_argument("--cache-dir", default=None,
+                   help="where the resampled-audio cache goes (default: OUT; keep it out of folders you ship)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
+
+
+def _stop_on_signals() -> dict:
+    """SIGTERM (and SIGINT, which a shell ignores in `nohup ... &` jobs) end training with a checkpoint.
+
+    Returns the previous handlers, for `_restore_signals`."""
+    import signal
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    old = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            old[sig] = signal.signal(sig, stop)
+        except ValueError:  # not the main thread: keep the defaults
+            pass
+    return old
+
+
+def _restore_signals(old: dict) -> None:
+    import signal
+
+    for sig, handler in old.items():
+        signal.signal(sig, handler)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -292,7 +319,8 @@ def main(argv: list[str] | None = None) -> int:
 
     data = Path(args.data)
     files = list_audio(data)
-    clips, skipped = load_clips(files, cfg.sample_rate, cache=out / "audio_cache.npz", quiet=args.quiet)
+    cache = Path(args.cache_dir) / f"{out.name}_audio_cache.npz" if args.cache_dir else out / "audio_cache.npz"
+    clips, skipped = load_clips(files, cfg.sample_rate, cache=cache, quiet=args.quiet)
     train, val = split_clips(clips)
     lengths = np.array([len(c) for c in train], dtype=np.float64)
     weights = lengths / lengths.sum()
@@ -330,6 +358,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from tqdm import tqdm
 
+    old_handlers = _stop_on_signals()
     codec.train()
     d = cfg.latency_samples
     bar = tqdm(total=args.steps, initial=step, disable=args.quiet, dynamic_ncols=True)
@@ -365,6 +394,8 @@ def main(argv: list[str] | None = None) -> int:
         save_checkpoint(out, codec, opt, step, rng, info)
         print(f"interrupted: checkpoint saved at step {step} in {out}; continue with --resume")
         return 130
+    finally:
+        _restore_signals(old_handlers)
     bar.close()
     if info.get("val") is None or (args.val_every and step % args.val_every):
         info["val"] = validate(codec, val, loss_fn)
