@@ -100,6 +100,7 @@ def main(argv: list[str]) -> int:
         if writer is not None:
             writer.close()
             writer = None
+            os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the WAV from other users
             os.replace(tmp, args.output)
             tmp = None
     finally:
