@@ -84,6 +84,7 @@ async def _bench(engine: Engine, clients: int, seconds: float, text: str, mode: 
         "clients": clients, "seconds": round(wall, 3), "sessions": len(records), "mode": mode,
         "device": str(engine.device), "max_batch": engine.max_batch,
         "ttfa_ms": {"p50": _pct(ttfa, 50), "p95": _pct(ttfa, 95), "max": _pct(ttfa, 100)},
+        "ttfa_ms_all": [round(x, 2) for x in ttfa],
         "rtf_per_stream": {"p50": _pct(rtf, 50), "p95": _pct(rtf, 95), "max": _pct(rtf, 100)},
         "underruns": {"jitter_buffer_ms": jitter_s * 1000, "late_chunks": sum(r["late_chunks"] for r in records),
                       "sessions_with_underrun": sum(1 for r in records if r["late_chunks"]),

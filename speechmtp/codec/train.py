@@ -306,7 +306,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.resume:
         if not (out / STATE_FILE).is_file():
             raise SpeechMTPError(f"--resume: no {STATE_FILE} in {out}; drop --resume to start a new run")
-        state = torch.load(out / STATE_FILE, map_location="cpu", weights_only=False)
+        try:
+            state = torch.load(out / STATE_FILE, map_location="cpu", weights_only=False)
+        except Exception as e:  # torch raises several types for truncated or foreign files
+            raise SpeechMTPError(f"{out / STATE_FILE} is unreadable ({e}); start a new run without --resume") from e
         from ..utils import load_config
 
         cfg = load_config(BuiltinCodecConfig, out / "config.json")
