@@ -116,15 +116,22 @@ def _grammar_table(n_codebooks: int, codebook_size: int, device) -> torch.Tensor
     return _TABLES[key]
 
 
+def grammar_state(g: torch.Tensor, end_q: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """State of each codebook at grid step g (...): 0 free, 1 BOS only, 2 END only -> (..., Q).
+
+    end_q (..., Q): the first frame each codebook must END at: codebook 0's END step for every codebook,
+    capped by max_frames on codebook 0. q = arange(Q)."""
+    frame = g[..., None] - q  # (..., Q) frame index each codebook holds at step g
+    return torch.where(frame < 0, 1, (frame >= end_q) * 2)
+
+
 def allowed_tokens(g: torch.Tensor, end: torch.Tensor, n_codebooks: int, codebook_size: int,
                    max_frames: torch.Tensor) -> torch.Tensor:
     """Which tokens each codebook may take at grid step g (...), given codebook 0's END step `end` (...,
     INF if none yet) and max_frames (...). -> bool (..., Q, V + 2)."""
     q = torch.arange(n_codebooks, device=g.device)
-    frame = g[..., None] - q  # (..., Q) frame index each codebook holds at step g
-    force_end = (frame >= end[..., None]) | ((q == 0) & (frame >= max_frames[..., None]))
-    state = torch.where(frame < 0, 1, torch.where(force_end, 2, 0))
-    return _grammar_table(n_codebooks, codebook_size, g.device)[state, q]
+    end_q = torch.where(q == 0, torch.minimum(end, torch.as_tensor(max_frames, device=g.device))[..., None], end[..., None])
+    return _grammar_table(n_codebooks, codebook_size, g.device)[grammar_state(g, end_q, q), q]
 
 
 def _check_text(model: SpeechLM, text_ids) -> torch.Tensor:
@@ -186,12 +193,13 @@ class _Slot:
     gen: torch.Generator | None
     text: torch.Tensor
     max_frames: int
-    grid: torch.Tensor  # (Q, cap) emitted grid steps
+    grid: list = field(default_factory=list)  # emitted grid steps, each a list of Q ids (host side)
     e: int = 0  # grid steps emitted
     end: int = INF
     frames_out: int = 0
     prefilled: bool = False
     finished: bool = False
+    draft_end: bool = False  # a stored draft has END on codebook 0 (host copy from the last step's sync)
     stats: GenerationStats = field(default_factory=GenerationStats)
 
 
@@ -200,6 +208,10 @@ class BatchDecoder:
 
     Rows sit at different positions and accept different numbers of drafts; the window is always
     1 + (largest draft depth among active rows) positions wide, unused positions padded.
+
+    The step is written for small per-step overhead (on a CPU a decode step is mostly kernel launches):
+    state lives in preallocated tensors indexed by row, host-known facts (positions, END steps, depths)
+    go to the device as one small tensor, and exactly one small tensor comes back per step.
     """
 
     # tests swap in wrong rules to show that the losslessness test can fail
@@ -221,16 +233,22 @@ class BatchDecoder:
         self.max_len = min(max_len or c.max_seq_len, c.max_seq_len)
         self.caches = model.make_caches(max_batch, self.max_len + c.mtp_heads + 2)
         kk, dev, mb = max(self.k, 1), self.dev, max_batch
-        self.last = torch.zeros(mb, self.q, dtype=torch.long, device=dev)
-        self.drafts = torch.zeros(mb, kk, self.q, dtype=torch.long, device=dev)
+        # the next window per row: [last emitted step, drafts ...]; a contiguous batch feeds a view of it
+        self.win = torch.zeros(mb, 1 + kk, self.q, dtype=torch.long, device=dev)
+        self.last, self.drafts = self.win[:, 0], self.win[:, 1:]
         # probabilities in at least float32, even for half-precision models
         self.pdtype = torch.promote_types(model.out.weight.dtype, torch.float32)
         self.qprobs = torch.zeros(mb, kk, self.q, self.n, dtype=self.pdtype, device=dev)
         self.d = torch.zeros(mb, dtype=torch.long, device=dev)
-        # per-row settings, gathered by row index in the vectorised step
         # per-row settings (mb, 8): temperature, top_k, top_p, relaxed?, relaxed_top_k, relaxed_min_prob,
         # adaptive threshold, depth; one gather per step in the vectorised post-processing
         self.params = torch.zeros(mb, 8, dtype=torch.float64, device=dev)
+        # constants the step indexes instead of rebuilding
+        self.ar = torch.arange(max(mb, kk + 2), device=dev)
+        self.qar = torch.arange(self.q, device=dev)
+        allowed = _grammar_table(self.q, self.v, dev)  # (3, Q, n): adding the bias masks like masked_fill(-inf)
+        self.bias = torch.zeros(allowed.shape, dtype=self.pdtype, device=dev).masked_fill(~allowed, -math.inf)
+        self.onehot_end = allowed[2, 0].to(self.pdtype)  # (n,) a forced END as a distribution
         self.slots: dict[int, _Slot] = {}
 
     # -- slot management -------------------------------------------------------------------------------
@@ -246,8 +264,7 @@ class BatchDecoder:
         if cfg.temperature > 0:
             gen = torch.Generator(device=self.dev)
             gen.manual_seed(cfg.seed if cfg.seed is not None else torch.seed())
-        grid = torch.zeros(self.q, last_step(mf, self.q) + self.k + 2, dtype=torch.long, device=self.dev)
-        self.slots[i] = _Slot(cfg, depth, gen, text, mf, grid)
+        self.slots[i] = _Slot(cfg, depth, gen, text, mf)
         self.params[i] = torch.tensor([cfg.temperature, cfg.top_k, cfg.top_p, float(cfg.mode == "mtp-relaxed"),
                                        cfg.relaxed_top_k, cfg.relaxed_min_prob,
                                        cfg.adaptive_threshold if cfg.adaptive else 0.0, depth], dtype=torch.float64)
@@ -267,13 +284,14 @@ class BatchDecoder:
         return [i for i, s in self.slots.items() if not s.finished]
 
     # -- decoding --------------------------------------------------------------------------------------
-    @torch.no_grad()
+    @torch.inference_mode()
     def step(self) -> dict[int, torch.Tensor]:
         """Advance every active slot by one forward pass -> {slot: new complete frames (Q, n)}."""
         out: dict[int, torch.Tensor] = {}
         model = self.model
+        active = self.active()
         groups: dict[int, list[int]] = {}  # new rows, prefilled together when their texts have equal length
-        for i in self.active():
+        for i in active:
             if not self.slots[i].prefilled:
                 groups.setdefault(self.slots[i].text.numel(), []).append(i)
         for lt, new in groups.items():
@@ -282,139 +300,193 @@ class BatchDecoder:
             bos = torch.full((len(new), 1, self.q), model.bos_id, device=self.dev)
             x = torch.cat([model.text_emb(text), model.embed_steps(bos)], dim=1)  # (B, Lt+1, D)
             pos = torch.arange(lt + 1, device=self.dev).expand(len(new), -1)
-            h = model.trunk(x, pos, caches=self.caches, rows=torch.tensor(new, device=self.dev), kv_len=lt + 1)
+            contiguous = new == list(range(len(new)))
+            h = model.trunk(x, pos, caches=self.caches, rows=None if contiguous else torch.tensor(new, device=self.dev),
+                            start=0)
             for i in new:
                 self.slots[i].prefilled = True
             out.update(self._post(new, h[:, -1:], width=1, t0=t0))
-        rows = [i for i in self.active() if i not in out]
+        rows = [i for i in active if i not in out]
         if rows:
             t0 = time.perf_counter()
+            b = len(rows)
             width = 1 + max(self.slots[i].depth for i in rows)
-            idx = torch.tensor(rows, device=self.dev)
-            tokens = torch.cat([self.last[idx, None], self.drafts[idx, : width - 1]], dim=1)  # (B, W, Q)
+            idx = None if rows == list(range(b)) else torch.tensor(rows, device=self.dev)
+            tokens = self.win[:b, :width] if idx is None else self.win[idx, :width]  # (B, W, Q)
             # input step e (holding grid step e-1, the last emitted) sits at position Lt + e
-            start = torch.tensor([self.slots[i].text.numel() + self.slots[i].e for i in rows], device=self.dev)
-            pos = start[:, None] + torch.arange(width, device=self.dev)  # (B, W)
-            kv_len = int(max(self.slots[i].text.numel() + self.slots[i].e for i in rows)) + width
-            contiguous = rows == list(range(len(rows)))
-            h = model.forward_step(tokens, pos, self.caches, rows=None if contiguous else idx, kv_len=kv_len)
+            start = [self.slots[i].text.numel() + self.slots[i].e for i in rows]
+            same = min(start) == max(start)
+            pos = torch.tensor([[p + j for j in range(width)] for p in start], device=self.dev)  # (B, W)
+            h = model.forward_step(tokens, pos, self.caches, rows=idx, kv_len=max(start) + width,
+                                   start=start[0] if same else None)
             out.update(self._post(rows, h, width=width, t0=t0))
         return out
 
     def _post(self, rows: list[int], h: torch.Tensor, width: int, t0: float) -> dict[int, torch.Tensor]:
         """Verify, emit and re-draft for `rows` given the trunk hidden h (B, W, D) of their window."""
-        model, dev, qn, v = self.model, self.dev, self.q, self.v
+        model, dev, qn, end_id = self.model, self.dev, self.q, self.model.end_id
         slots = [self.slots[i] for i in rows]
         b, nd = len(rows), width - 1
-        idx = torch.tensor(rows, device=dev)
-        ar_b = torch.arange(b, device=dev)
-        logits = model.logits(model.norm_f(h)).to(self.pdtype)  # (B, W, Q, n)
-        e, end, mf = torch.tensor([[s.e, s.end, s.max_frames] for s in slots], device=dev).unbind(1)
-        temp, topk, topp, relaxed, rtopk, rminp, thr, depth = self.params[idx].unbind(1)
-        temp, topk, topp, rminp, thr = (t.to(self.pdtype) for t in (temp, topk, topp, rminp, thr))
-        relaxed, rtopk, depth, topk = relaxed > 0, rtopk.long(), depth.long(), topk.long()
-        d = self.d[idx]
-        greedy = temp == 0
-        ones = torch.ones_like(temp)
-        temp_f = torch.where(greedy, ones, temp)  # greedy rows: plain softmax (confidence, relaxed min_prob)
-        topk_f = torch.where(greedy, torch.zeros_like(topk), topk)
-        topp_f = torch.where(greedy, ones, topp)
+        idx = None if rows == list(range(b)) else torch.tensor(rows, device=dev)
+
+        def get(t):  # this batch's rows of a per-row state tensor
+            return t[:b] if idx is None else t[idx]
+
+        def put(t, val):
+            if idx is None:
+                t[:b] = val
+            else:
+                t[idx] = val
+        ar_b = self.ar[:b]
+        # host-known per-row facts, one transfer: e, END step, depth, per-codebook END bound from max_frames
+        hv = torch.tensor([[s.e, s.end, s.depth, s.max_frames] + [INF] * (qn - 1) for s in slots], device=dev)
+        e, end, depth, mf_q = hv[:, 0], hv[:, 1], hv[:, 2], hv[:, 3:]  # mf_q (B, Q)
         dmax = max(s.depth for s in slots)
         # host-side flags: skip work no row needs (greedy rows need no probabilities at all)
         need_p = any(s.gen is not None or s.cfg.mode == "mtp-relaxed" or s.cfg.adaptive for s in slots)
         need_filter = any(s.gen is not None and (s.cfg.top_k > 0 or s.cfg.top_p < 1) for s in slots)
+        if need_p:
+            temp, topk, topp, relaxed, rtopk, rminp, thr, _ = get(self.params).unbind(1)
+            temp, topk, topp, rminp, thr = (t.to(self.pdtype) for t in (temp, topk, topp, rminp, thr))
+            relaxed, rtopk, topk = relaxed > 0, rtopk.long(), topk.long()
+            greedy = temp == 0
+            ones = torch.ones_like(temp)
+            temp_f = torch.where(greedy, ones, temp)  # greedy rows: plain softmax (confidence, relaxed min_prob)
+            topk_f = torch.where(greedy, torch.zeros_like(topk), topk)
+            topp_f = torch.where(greedy, ones, topp)
+            u = torch.zeros(b, 3, dmax + 1, qn, device=dev, dtype=self.pdtype)
+            for r, s in enumerate(slots):
+                if s.gen is not None:
+                    u[r, :, : s.depth + 1] = torch.rand((3, s.depth + 1, qn), generator=s.gen, device=dev)
+
+        def rowwise(t, like):  # a per-row (B,) tensor shaped to broadcast against like (B, ...)
+            return t.view((-1,) + (1,) * (like.dim() - 1))
 
         def probs(lg):
             if need_filter:
                 return probs_from_logits(lg, temp_f, topk_f, topp_f)
-            return (lg / temp_f.view((-1,) + (1,) * (lg.dim() - 1)).to(lg.dtype)).softmax(-1)
-        u = torch.zeros(b, 3, dmax + 1, qn, device=dev, dtype=self.pdtype)
-        for r, s in enumerate(slots):
-            if s.gen is not None:
-                u[r, :, : s.depth + 1] = torch.rand((3, s.depth + 1, qn), generator=s.gen, device=dev)
+            return (lg / rowwise(temp_f, lg).to(lg.dtype)).softmax(-1)
 
+        # host-known: no window position (main head) / no draft position (heads) is in a forced BOS or END state,
+        # so the grammar reduces to the constant "free" row. Drafted ENDs are forced afterwards (force_end).
+        main_free = all(s.e >= qn - 1 and s.end == INF and not s.draft_end and s.e + width - 1 < s.max_frames
+                        for s in slots)
+        draft_free = all(s.e >= qn - 2 and s.e + width + dmax - 1 < s.max_frames for s in slots)
+
+        def masked(lg, g, end_g):
+            """Logits (B, ..., Q, n) at grid steps g (B, ...) that see codebook 0's END at end_g (B, ...): the
+            grammar (`allowed_tokens`) applied as an additive 0 / -inf bias."""
+            end_q = torch.minimum(end_g[..., None], mf_q.view((b,) + (1,) * (g.dim() - 1) + (qn,)))
+            return lg + self.bias[grammar_state(g, end_q, self.qar), self.qar]
+
+        n_h = model.norm_f(h)  # (B, W, D)
+        independent = model.cfg.mtp_kind == "independent" and dmax > 0
+        if independent:  # main and draft heads at every window position in one projection; drafts picked below
+            lg_all = model.heads_logits(n_h, dmax).to(self.pdtype)  # (B, W, 1 + dmax, Q, n)
+            logits = lg_all[:, :, 0]
+        else:
+            logits = model.logits(n_h).to(self.pdtype)  # (B, W, Q, n)
         # the END step each window position sees: the known one, or the first drafted END before it
-        jw = torch.arange(width, device=dev)
+        jw = self.ar[:width]
         g = e[:, None] + jw  # (B, W) grid step predicted at each window position
-        x = self.drafts[idx, :nd]  # (B, nd, Q)
-        valid = jw[:nd] < d[:, None]  # (B, nd)
+        d = get(self.d)
         end_w = end[:, None].expand(b, width)
         if nd:
-            cand = torch.where(valid & (x[..., 0] == model.end_id), g[:, :nd], torch.full_like(g[:, :nd], INF))
-            end_w = torch.cat([end[:, None], torch.minimum(end[:, None], cand.cummin(1).values)], dim=1)
-        ok = allowed_tokens(g, end_w, qn, v, mf[:, None])
-        logits = logits.masked_fill(~ok, -math.inf)
+            x = get(self.drafts)[:, :nd]  # (B, nd, Q)
+            valid = jw[:nd] < d[:, None]  # (B, nd)
+            if not main_free:
+                cand = torch.where(valid & (x[..., 0] == end_id), g[:, :nd], INF)
+                end_w = torch.cat([end[:, None], torch.minimum(end[:, None], cand.cummin(1).values)], dim=1)
+        logits = logits + self.bias[0] if main_free else masked(logits, g, end_w)
         tgt = logits.argmax(-1)  # (B, W, Q)
         p = probs(logits) if need_p else None
-        x_pad = torch.cat([x, tgt[:, -1:]], dim=1)  # (B, W, Q); position nd never holds a draft
-        acc = torch.zeros(b, width, qn, dtype=torch.bool, device=dev)
+        a = torch.zeros_like(e)
         if nd:
-            qp = self.qprobs[idx, :nd]
-            acc_nd = x == tgt[:, :nd]
+            acc = x == tgt[:, :nd]
             if need_p:
+                qp = get(self.qprobs)[:, :nd]
                 spec = self.accept_fn(p[:, :nd], qp, x, u[:, 0, :nd])
                 rel = relaxed_accept(p[:, :nd], x, rtopk, rminp)
-                rb, gb = relaxed[:, None, None], greedy[:, None, None]
-                acc_nd = torch.where(rb, rel, torch.where(gb, acc_nd, spec))
-            acc[:, :nd] = acc_nd & valid[..., None]
-        a = acc.all(-1).long().cumprod(1).sum(1).clamp(max=d)  # (B,) drafts accepted
-        # the step emitted after them: residual sample (spec), plain sample (relaxed), argmax (greedy)
-        fresh = tgt
-        if need_p:
+                acc = torch.where(rowwise(relaxed, acc), rel, torch.where(rowwise(greedy, acc), acc, spec))
+            acc = acc & valid[..., None]  # (B, nd, Q)
+            a = acc.all(-1).long().cumprod(1).sum(1)  # (B,) drafts accepted (<= d: invalid ones never pass)
+        # the steps emitted at window positions 0..a: accepted drafts, then the corrected / bonus step. Greedy:
+        # an accepted draft equals the argmax, and so does the correction, so the argmax row is the answer.
+        steps = tgt
+        if need_p:  # residual sample (spec), plain sample (relaxed), argmax (greedy)
             ur = u[:, 1, :width]
             q_pad = torch.zeros_like(p)
             if nd:
                 q_pad[:, :nd] = qp * valid[..., None, None]
-            fresh = torch.where(relaxed[:, None, None], sample_from_probs(p, ur), sample_from_probs(self.residual_fn(p, q_pad), ur))
-            fresh = torch.where(greedy[:, None, None], tgt, fresh)
-        new_all = torch.where(acc, x_pad, fresh)  # corrected step: accepted codebooks keep the draft
-        new = new_all[ar_b, a]  # (B, Q)
-        end_a = end_w[ar_b, a]
-        end_out = torch.where((end_a == INF) & (new[:, 0] == model.end_id), e + a, end_a)
-        emitted = torch.where(jw[None, :, None] < a[:, None, None], x_pad, new[:, None])  # (B, W, Q)
+            fresh = torch.where(rowwise(relaxed, tgt), sample_from_probs(p, ur),
+                                sample_from_probs(self.residual_fn(p, q_pad), ur))
+            steps = torch.where(rowwise(greedy, tgt), tgt, fresh)
+            if nd:  # corrected step: accepted codebooks keep the draft
+                steps = torch.cat([torch.where(acc, x, steps[:, :nd]), steps[:, nd:]], dim=1)
+        new = steps[ar_b, a]  # (B, Q)
+        end_out = torch.minimum(end_w[ar_b, a], torch.where(new[:, 0] == end_id, e + a, INF))
 
         # next drafts from the hidden state at the last accepted position
-        depth_max = dmax
-        if depth_max:
-            h_sel = h[ar_b, a]  # (B, D)
-            e_new = e + a + 1
-            h_prev, tok, end_c = h_sel, new, end_out
-            active = depth > 0
-            dcount = torch.zeros_like(d)
-            xs, qs = [], []
-            for k in range(depth_max):
-                h_prev, lg = model.head_step(k, h_prev, h_sel, tok)
-                lg = lg.to(self.pdtype)  # (B, Q, n)
-                gk = e_new + k
-                lg = lg.masked_fill(~allowed_tokens(gk, end_c, qn, v, mf), -math.inf)
-                xk = lg.argmax(-1)
-                active = active & (k < depth)
-                if need_p:
-                    qk = probs(lg)
-                    xk = torch.where(greedy[:, None], xk, sample_from_probs(qk, u[:, 2, k]))
-                    conf = qk.max(-1).values.min(-1).values  # (B,) least confident codebook
-                    active = active & ((k == 0) | (conf >= thr))
-                    qs.append(qk)
-                dcount = dcount + active.long()
-                end_c = torch.where((end_c == INF) & (xk[:, 0] == model.end_id), gk, end_c)
-                xs.append(xk)
-                tok = xk
-            self.drafts[idx, :depth_max] = torch.stack(xs, 1)
-            if qs:
-                self.qprobs[idx, :depth_max] = torch.stack(qs, 1)
-            self.d[idx] = dcount
-        self.last[idx] = new
+        if dmax:
+            gk = (e + a + 1)[:, None] + self.ar[:dmax]  # (B, dmax) grid step each depth drafts
+            uk = u[:, 2, :dmax] if need_p else None
 
-        host = torch.stack([a, end_out, d], 1).tolist()  # the one device->host sync per step
-        emitted = emitted.transpose(1, 2)  # (B, Q, W)
+            def choose(lg, g_, end_g, u_):  # -> drafted steps, the distribution they were drawn from
+                lg = lg.to(self.pdtype)
+                lg = lg + self.bias[0] if draft_free else masked(lg, g_, end_g)
+                xk = lg.argmax(-1)
+                if not need_p:
+                    return xk, None
+                qk = probs(lg)
+                return torch.where(rowwise(greedy, xk), xk, sample_from_probs(qk, u_)), qk
+
+            def force_end(xk, qk, g_, seen):  # codebooks at or past the END seen at g_ become END point masses
+                forced = (g_[..., None] - self.qar) >= seen[..., None]  # (B, ..., Q)
+                xk = torch.where(forced, end_id, xk)
+                return xk, (torch.where(forced[..., None], self.onehot_end, qk) if need_p else None)
+            if independent:
+                # every head reads the same hidden: take them together, first as if no draft ENDed ...
+                xs, qs = choose(lg_all[ar_b, a, 1:], gk, end_out[:, None].expand(b, dmax), uk)
+                # ... then force END where an earlier END demands it. Drafts up to the first drafted END are
+                # exact; after it, forced entries are point masses and the rest keep their (free) state.
+                cand = torch.where(xs[..., 0] == end_id, gk, INF).cummin(1).values
+                seen = torch.minimum(end_out[:, None], torch.cat([cand.new_full((b, 1), INF), cand[:, :-1]], 1))
+                xs, qs = force_end(xs, qs, gk, seen)
+            else:  # cascaded: each module reads the previous one's draft
+                h_sel = h[ar_b, a]
+                h_prev, tok, end_c, xl, ql = h_sel, new, end_out, [], []
+                for k in range(dmax):
+                    h_prev, lg = model.head_step(k, h_prev, h_sel, tok)
+                    tok, qk = choose(lg, gk[:, k], end_c, None if uk is None else uk[:, k])
+                    if draft_free:
+                        pass
+                    end_c = torch.minimum(end_c, torch.where(tok[:, 0] == end_id, gk[:, k], INF))
+                    xl.append(tok)
+                    ql.append(qk)
+                xs, qs = torch.stack(xl, 1), (torch.stack(ql, 1) if need_p else None)
+            put(self.drafts[:, :dmax], xs)
+            if need_p:
+                put(self.qprobs[:, :dmax], qs)
+                # adaptive: draft depth k+1 only while every depth so far was confident
+                conf = qs.max(-1).values.min(-1).values  # (B, dmax) least confident codebook
+                ok = (self.ar[:dmax] < depth[:, None]) & ((self.ar[:dmax] == 0) | (conf >= thr[:, None]))
+                put(self.d, ok.long().cumprod(1).sum(1))
+            else:
+                put(self.d, depth)
+        put(self.last, new)
+
+        # the one device->host sync per step: accepted, END, drafts verified, and the window's steps
+        # (+ codebook 0 of the new drafts, so the next step knows on the host whether any of them is END)
+        host = torch.cat([torch.stack([a, end_out, d], 1), steps.flatten(1)] + ([xs[..., 0]] if dmax else []), 1).tolist()
         out = {}
         dt = time.perf_counter() - t0
         for r, (i, s) in enumerate(zip(rows, slots)):
-            na, s.end, nd_r = host[r]
+            na, s.end, nd_r = host[r][:3]
             n_emit = na + 1
             if s.end != INF:
                 n_emit = min(n_emit, last_step(s.end, qn) - s.e + 1)
-            s.grid[:, s.e: s.e + n_emit] = emitted[r, :, :n_emit]
+            s.grid += [host[r][3 + j * qn: 3 + (j + 1) * qn] for j in range(n_emit)]
+            s.draft_end = end_id in host[r][3 + width * qn: 3 + width * qn + s.depth]
             s.e += n_emit
             st = s.stats
             st.forward_passes += 1
@@ -432,11 +504,13 @@ class BatchDecoder:
             complete = s.end if s.finished else min(s.end, max(0, s.e - qn + 1))
             st.wall_time += dt / len(rows)
             if complete > s.frames_out:
-                out[i] = undo_delay(s.grid[None], complete, s.frames_out)[0]
+                # undo the delay pattern on the host: frame t of codebook q sits at grid step t + q
+                out[i] = torch.tensor([[s.grid[t + q][q] for t in range(s.frames_out, complete)] for q in range(qn)],
+                                      dtype=torch.long, device=dev)
                 s.frames_out = complete
                 st.frames = complete
             else:
-                out[i] = s.grid.new_zeros(qn, 0)
+                out[i] = torch.zeros(qn, 0, dtype=torch.long, device=dev)
         return out
 
 

@@ -183,3 +183,33 @@ def test_decode_bench_runs_on_a_checkpoint(tmp_path, trained):
         assert key in res
     g = res["greedy"]
     assert g["ntp"]["accepted_per_step"] == 1.0 and g["mtp"]["forward_passes"] <= g["ntp"]["forward_passes"]
+
+
+@pytest.mark.parametrize("kind", ["independent", "cascaded"])
+def test_drafts_equal_head_by_head_definition(kind):
+    """After every step the stored drafts are what drafting head by head gives: head k reads the hidden at the
+    last emitted step and sees the END of codebook 0 emitted or drafted before it (`allowed_tokens`).
+    A small max_frames forces END inside the draft window; a larger one lets the heads draft END themselves."""
+    from speechmtp.generate import INF
+
+    for seed, mf in ((0, 7), (1, 7), (2, 40), (3, 40)):
+        m = random_model(kind, 4, seed, q=3)
+        dec = BatchDecoder(m, max_batch=1)
+        slot = dec.add(PROMPTS[0], GenerationConfig(mode="mtp", max_frames=mf))
+        text = torch.tensor(PROMPTS[0])
+        while not dec.done(slot):
+            dec.step()
+            s = dec.slots[slot]
+            if s.finished:
+                break
+            steps = torch.tensor([[m.bos_id] * 3] + s.grid[: s.e - 1])[None]  # inputs up to the last emitted step
+            with torch.no_grad():
+                h = m(text[None], torch.tensor([text.numel()]), steps)[:, -1]  # (1, D)
+                h_prev, tok, end = h, torch.tensor([s.grid[s.e - 1]]), s.end
+                for k in range(4):
+                    h_prev, lg = m.head_step(k, h_prev, h, tok)
+                    ok = allowed_tokens(torch.tensor([s.e + k]), torch.tensor([end]), 3, 8, torch.tensor(s.max_frames))
+                    tok = lg.masked_fill(~ok, float("-inf")).argmax(-1)  # (1, Q)
+                    if end == INF and int(tok[0, 0]) == m.end_id:
+                        end = s.e + k
+                    assert torch.equal(dec.drafts[slot, k], tok[0]), (seed, s.e, k)

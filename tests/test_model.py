@@ -231,3 +231,47 @@ def test_inverse_cdf_sampling_matches_probs():
     assert freq[0] == 0 and freq[2] == 0
     assert torch.allclose(freq, p, atol=0.015)
     assert int(sample_from_probs(p, torch.tensor(0.0))) == 1  # u = 0 never lands on a zero-probability entry
+
+
+def test_inference_fast_paths_equal_the_plain_ops():
+    """The no-grad fast paths (rope tables, fused RMSNorm, transposed Linear, stacked heads, slice-written
+    cache) compute what the plain formulations compute."""
+    from speechmtp.model import RMSNorm, rope, rope_tables
+
+    torch.manual_seed(0)
+    x, pos = torch.randn(2, 5, 3, 8), torch.randint(0, 60, (2, 5))
+    inv = 10000.0 ** (-torch.arange(0, 8, 2, dtype=torch.float32) / 8)
+    ang = (pos.float()[..., None] * inv)[:, :, None]  # the pairwise definition, from scratch
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    want = torch.stack((x1 * ang.cos() - x2 * ang.sin(), x1 * ang.sin() + x2 * ang.cos()), -1).flatten(-2)
+    cos, sin = rope_tables(64, 8, 10000.0)
+    assert torch.allclose(rope(x, cos[pos][:, :, None], sin[pos][:, :, None]), want, atol=1e-6)
+    norm = RMSNorm(8)
+    torch.nn.init.normal_(norm.weight)
+    with torch.no_grad():
+        fast = norm(x)
+    assert torch.equal(fast, norm(x).detach())  # grad-enabled call takes the plain formula
+
+    m = tiny(k=3)
+    n = torch.randn(2, 4, 32)
+    with torch.no_grad():
+        lin = m.blocks[0].ff1
+        assert torch.allclose(lin(n), torch.nn.functional.linear(n, lin.weight), atol=1e-6)
+        lin.weight.mul_(2)  # the cached transposed copy follows in-place updates
+        assert torch.allclose(lin(n), torch.nn.functional.linear(n, lin.weight), atol=1e-6)
+        both = m.heads_logits(m.norm_f(n), 2)  # (2, 4, 1 + 2, Q, n_tokens) from the normed trunk hidden
+        assert torch.allclose(both[:, :, 0], m.logits(m.norm_f(n)), atol=1e-5)
+        for k in range(2):
+            assert torch.allclose(both[:, :, k + 1], m.head_step(k, n, n, None)[1], atol=1e-5)
+        # a cache written by slice at a shared start equals one written by per-row positions
+        tok = torch.randint(0, m.n_tokens, (2, 3, 3))
+        pos = 7 + torch.arange(3).expand(2, 3)
+        ca, cb = m.make_caches(2), m.make_caches(2)
+        for c in (ca, cb):
+            m.forward_step(torch.tensor([[1, 5, 6, 7, 2, 9, 9], [1, 8, 2, 4, 4, 4, 4]]), torch.arange(7).expand(2, 7), c)
+        ha = m.forward_step(tok, pos, ca, kv_len=10)
+        hb = m.forward_step(tok, pos, cb, start=7)
+        assert torch.allclose(ha, hb, atol=1e-6)
+        h1a = m.forward_step(tok[:, :1], pos[:, :1] + 3, ca, kv_len=11)  # one query: no mask at all
+        h1b = m.forward_step(tok[:, :1], pos[:, :1] + 3, cb, start=10)
+        assert torch.allclose(h1a, h1b, atol=1e-6)

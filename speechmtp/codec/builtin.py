@@ -401,6 +401,8 @@ class BuiltinStreamDecoder(StreamDecoder):
         self.head_w, self.head_b = dec.head.weight.detach(), dec.head.bias.detach()
         self.mlps = list(dec.mlps)
         self.window = dec.window
+        hop = cfg.hop_length
+        self.win_now, self.win_later = dec.window[:hop].clone(), dec.window[hop:].clone()  # fast path halves
         self.reset()
 
     def reset(self) -> None:
@@ -412,7 +414,7 @@ class BuiltinStreamDecoder(StreamDecoder):
         self.batch = b
         self.codes = torch.full((b, cfg.n_codebooks, cfg.dec_kernel - 1), self.pad_code, dtype=torch.long, device=dev)
         self.states = [torch.zeros(b, cfg.dec_channels, device=dev) for _ in range(cfg.dec_gru_layers)]
-        self.tail = torch.zeros(b, cfg.n_fft - cfg.istft_hop, device=dev)  # overlap not yet complete
+        self.tail = torch.zeros(b, 1, cfg.n_fft - cfg.istft_hop, device=dev)  # overlap not yet complete
         self.bags = torch.arange(b, device=dev) * cfg.n_codebooks * cfg.dec_kernel  # embedding_bag offsets, 1 frame
 
     def _check(self, codes: torch.Tensor) -> torch.Tensor:
@@ -452,13 +454,16 @@ class BuiltinStreamDecoder(StreamDecoder):
                 x = x + mlp(x)
             mag, phase = F.linear(x, self.head_w, self.head_b).view(b, cfg.subframes, 2, -1).unbind(2)
             spec = torch.polar(mag.clamp(max=cfg.log_mag_max).exp(), phase)  # (B, S, F)
+            if cfg.subframes == 1 and n_fft == 2 * hop:
+                # the default layout, with the window fused into the overlap-add: fewest ops per frame
+                raw = torch.fft.irfft(spec, n=n_fft, norm="ortho")  # (B, 1, n_fft), not yet windowed
+                out = torch.addcmul(self.tail, raw[..., :hop], self.win_now)  # (B, 1, hop): complete now
+                self.tail = raw[..., hop:] * self.win_later
+                return out
             fr = torch.fft.irfft(spec, n=n_fft, norm="ortho") * self.window  # (B, S, n_fft)
-            if cfg.subframes == 1:
-                full = F.pad(self.tail, (0, hop)) + fr[:, 0]  # (B, n_fft): old overlap + this frame
-            else:
-                full = F.pad(self.tail, (0, hop))  # (B, keep + hop)
-                for i in range(cfg.subframes):
-                    full[:, i * hs: i * hs + n_fft] += fr[:, i]
+            full = F.pad(self.tail, (0, hop))  # (B, 1, keep + hop)
+            for i in range(cfg.subframes):
+                full[:, 0, i * hs: i * hs + n_fft] += fr[:, i]
         else:
             idx = (buf.unfold(2, cfg.dec_kernel, 1) + self.offsets[:, :, None]).transpose(1, 2)  # (B, t, Q, k)
             x = F.silu(F.embedding_bag(idx.reshape(b * t, -1), self.table, mode="sum")).view(b, t, -1)
@@ -466,10 +471,10 @@ class BuiltinStreamDecoder(StreamDecoder):
             fr = dec.frames(h)  # (B, t*S, n_fft)
             n = t * cfg.subframes
             length = (n - 1) * hs + n_fft
-            full = F.pad(self.tail, (0, t * hop))  # (B, keep + t*hop)
-            full += F.fold(fr.transpose(1, 2), (1, length), (1, n_fft), stride=(1, hs))[:, 0, 0]
-        self.tail = full[:, t * hop:]
-        return full[:, None, : t * hop]
+            full = F.pad(self.tail, (0, t * hop))  # (B, 1, keep + t*hop)
+            full += F.fold(fr.transpose(1, 2), (1, length), (1, n_fft), stride=(1, hs))[:, 0]
+        self.tail = full[..., t * hop:]
+        return full[..., : t * hop]
 
     def flush(self) -> torch.Tensor:
         # decode() drops the unfinished overlap too, so nothing is held back
