@@ -459,7 +459,7 @@ class BatchDecoder:
                     h_prev, lg = model.head_step(k, h_prev, h_sel, tok)
                     tok, qk = choose(lg, gk[:, k], end_c, None if uk is None else uk[:, k])
                     if draft_free:
-                        pass
+                        tok, qk = force_end(tok, qk, gk[:, k], end_c)
                     end_c = torch.minimum(end_c, torch.where(tok[:, 0] == end_id, gk[:, k], INF))
                     xl.append(tok)
                     ql.append(qk)
