@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
@@ -23,18 +22,11 @@ README_END = "<!-- bench-all:end -->"
 
 
 def machine_label(device: torch.device) -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    label = f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
-    if device.type == "cuda":
-        label = f"{torch.cuda.get_device_name(device)} + {label}"
-    return label
+    from .codec import machine_info
+
+    m = machine_info(device)
+    label = f"{m['cpu']}, {m['cores']} cores, {m['threads']} threads"
+    return f"{m['gpu']} + {label}" if m.get("gpu") else label
 
 
 def depth_sweep(checkpoint: str, device: torch.device, texts: list[str], max_frames: int) -> list[dict]:

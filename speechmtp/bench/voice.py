@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 from pathlib import Path
 
@@ -17,22 +15,10 @@ import numpy as np
 import torch
 
 from ..utils import SpeechMTPError, atomic_write_text
+from .codec import machine_info
 
 TEN_WORDS = "The quick brown fox jumps over the lazy dog near home."
 CORPUS = Path(__file__).resolve().parents[1] / "corpus" / "heldout.txt"
-
-
-def _machine(threads: int) -> dict:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "threads": threads, "torch": torch.__version__,
-            "platform": platform.platform()}
 
 
 def _pct(xs: list[float], q: float) -> float:
@@ -74,7 +60,7 @@ def run_voice_bench(checkpoint: str = "default", n: int = 10, modes=("ntp", "mtp
         from ..synth import Teacher
 
         piper = Teacher(threads=threads)
-    res: dict = {"checkpoint": str(checkpoint), "sentences": len(texts), "machine": _machine(threads),
+    res: dict = {"checkpoint": str(checkpoint), "sentences": len(texts), "machine": machine_info(engine.device),
                  "device": str(engine.device), "modes": {}, "ttfa_sentence": TEN_WORDS}
     # warm-up: first calls pay for allocation and thread-pool start
     _time_ours(engine, "Warm up.", engine.options(mode="mtp", seed=seed))

@@ -19,6 +19,7 @@ import dataclasses
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -368,14 +369,22 @@ class BuiltinCodec(nn.Module, Codec):
 # streaming
 
 
+
 class BuiltinStreamDecoder(StreamDecoder):
     """Exact frame-by-frame decoding: carries the last k-1 codes, GRU states and the iSTFT overlap tail.
 
     The decoder's first layer (codebook sum, then a causal conv with k taps) is linear in the codes, so
-    it is folded into one table per (tap, codebook) and a frame costs one `embedding_bag` over k*Q rows
-    instead of a matrix-vector product. With the fused GRU cell, a one-frame push is ~25 small ops:
-    at ~5 µs per op on a CPU, op count, not arithmetic, is what this path minimises.
+    it is folded into one table per (tap, codebook) and a frame costs one gather-and-sum over k*Q rows
+    instead of a matrix-vector product. At one frame per push, op count, not arithmetic, is the cost:
+    ~25 small torch ops at ~5-10 µs each on a 2-core CPU is more than the 200 µs a 20 ms frame may take
+    at 100x real time. So on a CPU, pushes of up to `fast_max_frames` frames run the same math in numpy
+    (`_push_numpy`, ~1 µs per op); longer chunks, and any push on a GPU, take the torch path.
+
+    Both paths update the same state buffers in place (numpy views of the torch tensors on a CPU), so a
+    stream may mix chunk sizes freely.
     """
+
+    fast_max_frames = 4  # numpy path up to this many frames per push (CPU only); 0 turns it off
 
     def __init__(self, codec: BuiltinCodec):
         self.codec = codec
@@ -403,7 +412,26 @@ class BuiltinStreamDecoder(StreamDecoder):
         self.window = dec.window
         hop = cfg.hop_length
         self.win_now, self.win_later = dec.window[:hop].clone(), dec.window[hop:].clone()  # fast path halves
+        self.np = self._numpy_weights() if codec.device.type == "cpu" else None
         self.reset()
+
+    def _numpy_weights(self) -> dict:
+        """float32 numpy copies for `_push_numpy`, laid out so every matmul is (rows, in) @ (in, out)."""
+        from scipy.special import expit  # scipy is already loaded: librosa (the encoder's mel filters) imports it
+
+        def a(x: torch.Tensor) -> np.ndarray:
+            return np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
+
+        k = self.codec.cfg.dec_kernel
+        return dict(
+            expit=expit, table=self.table.numpy(), offsets=self.offsets[0].numpy(),  # (Q, k)
+            # index arrays into the code buffer (B, Q, k-1+t) that broadcast to (t, Q, k): frame s, book q,
+            # tap j reads column s + j (the conv's receptive field)
+            books=np.arange(self.codec.cfg.n_codebooks)[:, None],
+            taps=np.arange(max(self.fast_max_frames, 1))[:, None, None] + np.arange(k),
+            grus=[(a(wih.T), a(whh.T), a(bih), a(bhh)) for wih, whh, bih, bhh in self.grus],
+            mlps=[(a(m[0].weight.T), a(m[0].bias), a(m[2].weight.T), a(m[2].bias)) for m in self.mlps],
+            head_w=a(self.head_w.T), head_b=a(self.head_b), window=a(self.window))
 
     def reset(self) -> None:
         self.batch: int | None = None
@@ -416,6 +444,8 @@ class BuiltinStreamDecoder(StreamDecoder):
         self.states = [torch.zeros(b, cfg.dec_channels, device=dev) for _ in range(cfg.dec_gru_layers)]
         self.tail = torch.zeros(b, 1, cfg.n_fft - cfg.istft_hop, device=dev)  # overlap not yet complete
         self.bags = torch.arange(b, device=dev) * cfg.n_codebooks * cfg.dec_kernel  # embedding_bag offsets, 1 frame
+        if self.np is not None:  # views of the same memory: both paths see every update
+            self.np_state = (self.codes.numpy(), [s.numpy() for s in self.states], self.tail.numpy())
 
     def _check(self, codes: torch.Tensor) -> torch.Tensor:
         """The base class's checks with fewer tensor ops (this runs once per frame)."""
@@ -429,8 +459,70 @@ class BuiltinStreamDecoder(StreamDecoder):
                 return self.codec._check_codes(codes)  # raises with the full message
         return codes
 
-    @torch.inference_mode()
     def push(self, codes: torch.Tensor) -> torch.Tensor:
+        if (self.np is not None and isinstance(codes, torch.Tensor) and codes.dtype == torch.long and codes.is_cpu
+                and codes.dim() == 3 and 0 < codes.shape[2] <= self.fast_max_frames
+                and codes.shape[1] == self.codec.cfg.n_codebooks):
+            a = codes.numpy()
+            # one reduction checks both bounds: negative codes wrap to huge values as uint64
+            if a.view(np.uint64).max() < self.codec.cfg.codebook_size:
+                if self.batch is None:
+                    self._start(a.shape[0])
+                if a.shape[0] == self.batch:
+                    return self._push_numpy(a)
+        return self._push_torch(codes)  # also raises the errors for anything the fast path declined
+
+    def _push_numpy(self, a: np.ndarray) -> torch.Tensor:
+        """The torch path's math for a few frames (B, Q, t) in numpy, whose ops cost ~1 µs instead of ~5."""
+        cfg, w = self.codec.cfg, self.np
+        expit = w["expit"]
+        codes, states, tail = self.np_state
+        b, _, t = a.shape
+        buf = np.concatenate([codes, a], 2)  # (B, Q, k-1+t)
+        codes[...] = buf[:, :, t:]
+        if len(w["taps"]) < t:  # fast_max_frames was raised after this decoder was made
+            w["taps"] = np.arange(t)[:, None, None] + np.arange(cfg.dec_kernel)
+        idx = buf[:, w["books"], w["taps"][:t]] + w["offsets"]  # (B, t, Q, k): table rows of each frame
+        x = w["table"][idx.reshape(b * t, -1)].sum(1)  # (B*t, C)
+        x *= expit(x)  # silu
+        c = x.shape[1]
+        for (wih, whh, bih, bhh), h in zip(w["grus"], states):  # h (B, C): the stream's state, updated in place
+            gi = (x @ wih + bih).reshape(b, t, 3 * c)  # every frame's input side at once: it does not wait on h
+            out = np.empty((b, t, c), np.float32)
+            for s in range(t):  # torch.gru_cell: r, z = σ(.), n = tanh(i_n + r * h_n), h' = (1 - z) n + z h
+                gh = h @ whh + bhh  # (B, 3C)
+                rz = expit(gi[:, s, :2 * c] + gh[:, :2 * c])
+                n = np.tanh(gi[:, s, 2 * c:] + rz[:, :c] * gh[:, 2 * c:])
+                h -= n
+                h *= rz[:, c:]
+                h += n
+                out[:, s] = h
+            x = x + out.reshape(b * t, c)
+        for w1, b1, w2, b2 in w["mlps"]:
+            y = x @ w1 + b1
+            y *= expit(y)
+            x = x + (y @ w2 + b2)
+        y = (x @ w["head_w"] + w["head_b"]).reshape(b, t * cfg.subframes, 2, -1)
+        mag, phase = np.exp(np.minimum(y[:, :, 0], np.float32(cfg.log_mag_max))), y[:, :, 1]
+        spec = np.empty(mag.shape, np.complex64)  # (B, t*S, F)
+        spec.real, spec.imag = mag * np.cos(phase), mag * np.sin(phase)
+        fr = np.fft.irfft(spec, n=cfg.n_fft, norm="ortho")  # (B, t*S, n_fft), float32 from complex64
+        hop, hs, n_fft, keep = cfg.hop_length, cfg.istft_hop, cfg.n_fft, tail.shape[-1]
+        if t == 1 and cfg.subframes == 1 and n_fft == 2 * hop:  # the default layout: window fused into the OLA
+            out = fr[..., :hop] * w["window"][:hop]
+            out += tail
+            np.multiply(fr[..., hop:], w["window"][hop:], out=tail)
+            return torch.from_numpy(out)
+        fr *= w["window"]
+        full = np.zeros((b, 1, keep + t * hop), np.float32)
+        full[..., :keep] = tail
+        for i in range(t * cfg.subframes):  # overlap-add
+            full[:, 0, i * hs: i * hs + n_fft] += fr[:, i]
+        tail[...] = full[..., t * hop:]
+        return torch.from_numpy(full[..., : t * hop])
+
+    @torch.inference_mode()
+    def _push_torch(self, codes: torch.Tensor) -> torch.Tensor:
         codec, cfg, dec = self.codec, self.codec.cfg, self.codec.decoder
         codes = self._check(codes)
         b, _, t = codes.shape
@@ -442,23 +534,22 @@ class BuiltinStreamDecoder(StreamDecoder):
             raise SpeechMTPError(f"this stream was started with batch size {self.batch}, got {b}; "
                                  "use one stream decoder per batch shape, or reset() it")
         buf = torch.cat([self.codes, codes], 2)  # (B, Q, k-1+t)
-        self.codes = buf[:, :, t:]
+        self.codes.copy_(buf[:, :, t:])
         hop, hs, n_fft = cfg.hop_length, cfg.istft_hop, cfg.n_fft
-        if t == 1:
+        if t == 1:  # a GPU's one-frame path (a CPU's is `_push_numpy`): fewest ops, so fewest kernel launches
             x = F.silu(F.embedding_bag((buf + self.offsets).view(-1), self.table, self.bags, mode="sum"))  # (B, C)
-            states = self.states
-            for i, w in enumerate(self.grus):
-                states[i] = torch.gru_cell(x, states[i], *w)
-                x = x + states[i]
+            for w, h in zip(self.grus, self.states):
+                h.copy_(torch.gru_cell(x, h, *w))
+                x = x + h
             for mlp in self.mlps:
                 x = x + mlp(x)
             mag, phase = F.linear(x, self.head_w, self.head_b).view(b, cfg.subframes, 2, -1).unbind(2)
             spec = torch.polar(mag.clamp(max=cfg.log_mag_max).exp(), phase)  # (B, S, F)
             if cfg.subframes == 1 and n_fft == 2 * hop:
-                # the default layout, with the window fused into the overlap-add: fewest ops per frame
+                # the default layout, with the window fused into the overlap-add
                 raw = torch.fft.irfft(spec, n=n_fft, norm="ortho")  # (B, 1, n_fft), not yet windowed
                 out = torch.addcmul(self.tail, raw[..., :hop], self.win_now)  # (B, 1, hop): complete now
-                self.tail = raw[..., hop:] * self.win_later
+                torch.mul(raw[..., hop:], self.win_later, out=self.tail)
                 return out
             fr = torch.fft.irfft(spec, n=n_fft, norm="ortho") * self.window  # (B, S, n_fft)
             full = F.pad(self.tail, (0, hop))  # (B, 1, keep + hop)
@@ -467,13 +558,15 @@ class BuiltinStreamDecoder(StreamDecoder):
         else:
             idx = (buf.unfold(2, cfg.dec_kernel, 1) + self.offsets[:, :, None]).transpose(1, 2)  # (B, t, Q, k)
             x = F.silu(F.embedding_bag(idx.reshape(b * t, -1), self.table, mode="sum")).view(b, t, -1)
-            h, self.states = dec.body(x, self.states)  # (B, t, C)
+            h, states = dec.body(x, self.states)  # (B, t, C)
+            for old, new in zip(self.states, states):
+                old.copy_(new)
             fr = dec.frames(h)  # (B, t*S, n_fft)
             n = t * cfg.subframes
             length = (n - 1) * hs + n_fft
             full = F.pad(self.tail, (0, t * hop))  # (B, 1, keep + t*hop)
             full += F.fold(fr.transpose(1, 2), (1, length), (1, n_fft), stride=(1, hs))[:, 0]
-        self.tail = full[..., t * hop:]
+        self.tail.copy_(full[..., t * hop:])
         return full[..., : t * hop]
 
     def flush(self) -> torch.Tensor:
