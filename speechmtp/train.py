@@ -19,7 +19,9 @@ import json
 import math
 import os
 import random
+import signal
 import sys
+import threading
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -442,6 +444,7 @@ def _train(cfg: TrainConfig, dd: Dist, device: torch.device) -> dict:
     bar = tqdm(total=cfg.steps, initial=pos["step"], desc="train", disable=not (dd.main and cfg.progress),
                file=sys.stderr, dynamic_ncols=True)
     t0 = time.monotonic()
+    interrupted = False
     try:
         while pos["step"] < end:
             if plan_epoch != pos["epoch"]:
@@ -493,10 +496,11 @@ def _train(cfg: TrainConfig, dd: Dist, device: torch.device) -> dict:
             if _every(step, cfg.save_every) or step == end:
                 checkpoint()
     except KeyboardInterrupt:
-        if dd.world == 1 and pos["step"] > 0:  # a finished step is worth keeping; DDP peers may be gone
-            log(f"interrupted: saving step {pos['step']} to {out} (continue with --resume)")
-            checkpoint()
-        raise
+        if dd.world > 1 or pos["step"] == 0:  # DDP peers may be gone: nothing consistent to save
+            raise
+        log(f"interrupted: saving step {pos['step']} to {out} (continue with --resume)")
+        checkpoint()  # a finished step is worth keeping, with its card and plot below
+        interrupted = True
     finally:
         bar.close()
 
@@ -507,6 +511,8 @@ def _train(cfg: TrainConfig, dd: Dist, device: torch.device) -> dict:
             _plot(out)
         _model_card(out, cfg, model, corpus, len(train_ds), len(val_ds), pos["step"], final, dd.world)
         log(f"saved {out} at step {pos['step']}: {_short(last_train, k_heads)}")
+    if interrupted:
+        raise KeyboardInterrupt
     return final
 
 
@@ -562,8 +568,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _sigterm_as_interrupt(signum, frame):
+    raise KeyboardInterrupt  # a scheduler's SIGTERM saves the last finished step, like Ctrl-C
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1 and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     final = train(args)
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps({k: round(v, 5) if isinstance(v, float) else v for k, v in final.items()}))

@@ -480,9 +480,12 @@ class BuiltinStreamDecoder(StreamDecoder):
         b, _, t = a.shape
         buf = np.concatenate([codes, a], 2)  # (B, Q, k-1+t)
         codes[...] = buf[:, :, t:]
-        if len(w["taps"]) < t:  # fast_max_frames was raised after this decoder was made
-            w["taps"] = np.arange(t)[:, None, None] + np.arange(cfg.dec_kernel)
-        idx = buf[:, w["books"], w["taps"][:t]] + w["offsets"]  # (B, t, Q, k): table rows of each frame
+        if t == 1:
+            idx = buf + w["offsets"]  # (B, Q, k): the frame's table rows
+        else:
+            if len(w["taps"]) < t:  # fast_max_frames was raised after this decoder was made
+                w["taps"] = np.arange(t)[:, None, None] + np.arange(cfg.dec_kernel)
+            idx = buf[:, w["books"], w["taps"][:t]] + w["offsets"]  # (B, t, Q, k): table rows of each frame
         x = w["table"][idx.reshape(b * t, -1)].sum(1)  # (B*t, C)
         x *= expit(x)  # silu
         c = x.shape[1]
@@ -503,8 +506,9 @@ class BuiltinStreamDecoder(StreamDecoder):
             y *= expit(y)
             x = x + (y @ w2 + b2)
         y = (x @ w["head_w"] + w["head_b"]).reshape(b, t * cfg.subframes, 2, -1)
-        mag, phase = np.exp(np.minimum(y[:, :, 0], np.float32(cfg.log_mag_max))), y[:, :, 1]
-        spec = np.empty(mag.shape, np.complex64)  # (B, t*S, F)
+        mag, phase = np.minimum(y[:, :, 0], np.float32(cfg.log_mag_max)), y[:, :, 1]
+        np.exp(mag, out=mag)
+        spec = np.empty(mag.shape, np.complex64)  # (B, t*S, F): torch.polar(mag, phase)
         spec.real, spec.imag = mag * np.cos(phase), mag * np.sin(phase)
         fr = np.fft.irfft(spec, n=cfg.n_fft, norm="ortho")  # (B, t*S, n_fft), float32 from complex64
         hop, hs, n_fft, keep = cfg.hop_length, cfg.istft_hop, cfg.n_fft, tail.shape[-1]
