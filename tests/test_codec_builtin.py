@@ -66,13 +66,53 @@ def test_codes_to_latents_matches_encodec_decode(codec):
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6)
 
 
+def stream_decoder(c: BuiltinCodec, path: str) -> StreamDecoder:
+    """path "numpy": short chunks take the CPU fast path (the default); "torch": every chunk takes the torch path."""
+    dec = c.stream_decoder()
+    if path == "torch":
+        dec.fast_max_frames = 0
+    return dec
+
+
+@pytest.mark.parametrize("path", ["numpy", "torch"])
 @pytest.mark.parametrize("chunk", [1, 2, 3, 7])
-def test_stream_equals_decode_fixed_chunks(codec, chunk):
+def test_stream_equals_decode_fixed_chunks(codec, chunk, path):
     codes = random_codes(codec, 2, 23, seed=chunk)
     ref = codec.decode(codes)
     t = codes.shape[-1]
     sizes = [chunk] * (t // chunk) + ([t % chunk] if t % chunk else [])
-    assert_close_to(stream(codec.stream_decoder(), codes, sizes), ref)
+    assert_close_to(stream(stream_decoder(codec, path), codes, sizes), ref)
+
+
+def test_one_frame_pushes_take_the_numpy_path_and_equal_torch(codec, monkeypatch):
+    codes = random_codes(codec, 1, 30, seed=11)
+    ref = stream(stream_decoder(codec, "torch"), codes, [1] * 30)
+    dec = codec.stream_decoder()
+    calls = {"numpy": 0, "torch": 0}
+    for name in calls:
+        method = getattr(dec, f"_push_{name}")
+
+        def spy(x, method=method, name=name):
+            calls[name] += 1
+            return method(x)
+        monkeypatch.setattr(dec, f"_push_{name}", spy)
+    y = stream(dec, codes, [1] * 30)
+    assert calls == {"numpy": 30, "torch": 0}
+    assert y.dtype == torch.float32
+    assert_close_to(y, ref)
+    assert_close_to(y, codec.decode(codes))
+
+
+def test_paths_share_state(codec):
+    """Chunk sizes on both sides of fast_max_frames in one stream: each path carries on from the other's state."""
+    codes = random_codes(codec, 2, 30, seed=12)
+    ref = codec.decode(codes)
+    dec = codec.stream_decoder()
+    dec.fast_max_frames = 2
+    assert_close_to(stream(dec, codes, [5, 1, 2, 3, 1, 1, 4, 2, 6, 1, 2, 2]), ref)  # torch first
+    assert_close_to(stream(dec, codes, [1, 7, 2, 1, 3, 3, 1, 12]), ref)  # numpy first
+    dec.fast_max_frames = 30  # raised after the decoder was made
+    assert_close_to(stream(dec, codes, [25, 5]), ref)
 
 
 def test_stream_equals_decode_random_partitions(codec):
@@ -80,6 +120,7 @@ def test_stream_equals_decode_random_partitions(codec):
     codes = random_codes(codec, 2, 40, seed=5)
     ref = codec.decode(codes)
     dec = codec.stream_decoder()
+    dec.fast_max_frames = 4  # so that both paths take part
     for _ in range(5):
         cuts = np.sort(rng.choice(np.arange(1, 40), size=rng.integers(1, 10), replace=False))
         sizes = np.diff(np.concatenate([[0], cuts, [40]])).tolist()
@@ -127,6 +168,9 @@ def test_stream_batch_change_and_bad_codes(codec):
     bad[0, 0, 1] = codec.codebook_size
     with pytest.raises(SpeechMTPError, match="must lie in"):
         dec.push(bad)
+    bad[0, 0, 1] = -1  # the numpy path's one-reduction bounds check must catch this too
+    with pytest.raises(SpeechMTPError, match="must lie in"):
+        dec.push(bad[:, :, 1:])
     with pytest.raises(SpeechMTPError, match="shape"):
         dec.push(torch.zeros(1, codec.n_codebooks + 1, 1, dtype=torch.long))
     with pytest.raises(SpeechMTPError, match="integers"):

@@ -5,9 +5,10 @@
 
 Everything after the codes runs at the frame rate (50 Hz by default) and is causal, so the
 streaming decoder keeps a few frames of conv input, the GRU state and the iSTFT overlap tail, and
-reproduces `decode` to float precision for any chunking. A GRU (one fused op per frame) instead of
-a stack of ConvNeXt blocks is what makes one-frame streaming cheap: on a 2-core CPU every small
-torch op costs ~5 µs, and a 20 ms frame must decode in under 0.2 ms to run 100x faster than real time.
+reproduces `decode` to float precision for any chunking. A GRU (a handful of ops per frame) instead
+of a stack of ConvNeXt blocks is what makes one-frame streaming cheap: a 20 ms frame must decode in
+under 0.2 ms to run 100x faster than real time, and on a 2-core CPU every small torch op costs ~5 µs,
+which is why the stream decoder runs short chunks in numpy (~1 µs per op).
 
 Latency: frame t's iSTFT window ends at the last sample the encoder saw, so the decoded audio is
 the input delayed by `latency_samples` = n_fft - hop/S (320 samples = 20 ms at the defaults) and
@@ -369,7 +370,6 @@ class BuiltinCodec(nn.Module, Codec):
 # streaming
 
 
-
 class BuiltinStreamDecoder(StreamDecoder):
     """Exact frame-by-frame decoding: carries the last k-1 codes, GRU states and the iSTFT overlap tail.
 
@@ -378,13 +378,17 @@ class BuiltinStreamDecoder(StreamDecoder):
     instead of a matrix-vector product. At one frame per push, op count, not arithmetic, is the cost:
     ~25 small torch ops at ~5-10 µs each on a 2-core CPU is more than the 200 µs a 20 ms frame may take
     at 100x real time. So on a CPU, pushes of up to `fast_max_frames` frames run the same math in numpy
-    (`_push_numpy`, ~1 µs per op); longer chunks, and any push on a GPU, take the torch path.
+    (`_push_numpy`, ~35 ops at ~1-3 µs); longer chunks, and any push on a GPU, take `_push_torch`, which
+    stays the reference the tests hold the numpy path to.
 
     Both paths update the same state buffers in place (numpy views of the torch tensors on a CPU), so a
     stream may mix chunk sizes freely.
     """
 
-    fast_max_frames = 4  # numpy path up to this many frames per push (CPU only); 0 turns it off
+    # numpy path up to this many frames per push (CPU only; 0 turns it off). With one thread numpy was
+    # still ~1.5x faster than torch at 16 frames (the engine's chunks are 2, then 12); for long chunks
+    # torch's fused nn.GRU and multithreaded matmuls are the safer choice.
+    fast_max_frames = 16
 
     def __init__(self, codec: BuiltinCodec):
         self.codec = codec
@@ -411,16 +415,16 @@ class BuiltinStreamDecoder(StreamDecoder):
         self.mlps = list(dec.mlps)
         self.window = dec.window
         hop = cfg.hop_length
-        self.win_now, self.win_later = dec.window[:hop].clone(), dec.window[hop:].clone()  # fast path halves
-        self.np = self._numpy_weights() if codec.device.type == "cpu" else None
+        self.win_now, self.win_later = dec.window[:hop].clone(), dec.window[hop:].clone()  # torch one-frame path
+        self.np_weights = self._numpy_weights() if codec.device.type == "cpu" else None
         self.reset()
 
     def _numpy_weights(self) -> dict:
         """float32 numpy copies for `_push_numpy`, laid out so every matmul is (rows, in) @ (in, out)."""
         from scipy.special import expit  # scipy is already loaded: librosa (the encoder's mel filters) imports it
 
-        def a(x: torch.Tensor) -> np.ndarray:
-            return np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
+        def a(x: torch.Tensor) -> np.ndarray:  # a contiguous copy: a snapshot, like the table
+            return np.array(x.detach().numpy(), dtype=np.float32, order="C")
 
         k = self.codec.cfg.dec_kernel
         return dict(
@@ -444,7 +448,7 @@ class BuiltinStreamDecoder(StreamDecoder):
         self.states = [torch.zeros(b, cfg.dec_channels, device=dev) for _ in range(cfg.dec_gru_layers)]
         self.tail = torch.zeros(b, 1, cfg.n_fft - cfg.istft_hop, device=dev)  # overlap not yet complete
         self.bags = torch.arange(b, device=dev) * cfg.n_codebooks * cfg.dec_kernel  # embedding_bag offsets, 1 frame
-        if self.np is not None:  # views of the same memory: both paths see every update
+        if self.np_weights is not None:  # views of the same memory: both paths see every update
             self.np_state = (self.codes.numpy(), [s.numpy() for s in self.states], self.tail.numpy())
 
     def _check(self, codes: torch.Tensor) -> torch.Tensor:
@@ -460,8 +464,8 @@ class BuiltinStreamDecoder(StreamDecoder):
         return codes
 
     def push(self, codes: torch.Tensor) -> torch.Tensor:
-        if (self.np is not None and isinstance(codes, torch.Tensor) and codes.dtype == torch.long and codes.is_cpu
-                and codes.dim() == 3 and 0 < codes.shape[2] <= self.fast_max_frames
+        if (self.np_weights is not None and isinstance(codes, torch.Tensor) and codes.dtype == torch.long
+                and codes.is_cpu and codes.dim() == 3 and 0 < codes.shape[2] <= self.fast_max_frames
                 and codes.shape[1] == self.codec.cfg.n_codebooks):
             a = codes.numpy()
             # one reduction checks both bounds: negative codes wrap to huge values as uint64
@@ -474,7 +478,7 @@ class BuiltinStreamDecoder(StreamDecoder):
 
     def _push_numpy(self, a: np.ndarray) -> torch.Tensor:
         """The torch path's math for a few frames (B, Q, t) in numpy, whose ops cost ~1 µs instead of ~5."""
-        cfg, w = self.codec.cfg, self.np
+        cfg, w = self.codec.cfg, self.np_weights
         expit = w["expit"]
         codes, states, tail = self.np_state
         b, _, t = a.shape
@@ -509,7 +513,9 @@ class BuiltinStreamDecoder(StreamDecoder):
         mag, phase = np.minimum(y[:, :, 0], np.float32(cfg.log_mag_max)), y[:, :, 1]
         np.exp(mag, out=mag)
         spec = np.empty(mag.shape, np.complex64)  # (B, t*S, F): torch.polar(mag, phase)
-        spec.real, spec.imag = mag * np.cos(phase), mag * np.sin(phase)
+        np.cos(phase, out=spec.real)
+        np.sin(phase, out=spec.imag)
+        spec *= mag
         fr = np.fft.irfft(spec, n=cfg.n_fft, norm="ortho")  # (B, t*S, n_fft), float32 from complex64
         hop, hs, n_fft, keep = cfg.hop_length, cfg.istft_hop, cfg.n_fft, tail.shape[-1]
         if t == 1 and cfg.subframes == 1 and n_fft == 2 * hop:  # the default layout: window fused into the OLA
