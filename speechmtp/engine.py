@@ -38,7 +38,10 @@ class SynthesisOptions:
     top_k: int | None = None
     top_p: float | None = None
     seed: int | None = None  # None: a random seed, reported in the timings
-    max_frames: int | None = None  # per sentence; caps a voice that never says EOS
+    max_frames: int | None = None  # per sentence; None: a cap from the sentence length (below)
+    # A voice that misses its end token must not babble for the model's whole context: by default a
+    # sentence gets at most 1 s + 0.25 s per character (~4x a normal speaking rate).
+    max_seconds_per_char: float = 0.25
     first_chunk_frames: int = 2  # a small first chunk gets the first audio out early
     chunk_frames: int = 12
     max_sentence_chars: int = 300  # run-on text is cut at a space so latency stays bounded
@@ -493,6 +496,9 @@ class Engine:
                     s._emit(Event("error", data={"code": "unspeakable_text", "message": str(e)}))
                     continue
                 cfg = self._gen_config(s)
+                if s.opts.max_frames is None:
+                    cap = int(self.codec.frame_rate * (1.0 + s.opts.max_seconds_per_char * len(ids)))
+                    cfg = dataclasses.replace(cfg, max_frames=min(cfg.max_frames, cap))
                 s._n_sentences += 1
                 try:
                     slot = self._decoder.add(ids, cfg)

@@ -214,3 +214,16 @@ def test_settings_the_voice_cannot_honour_fail_at_open(tmp_path):
         assert eng.last_timings["accepted_per_step"] == 1.0  # ntp: one grid step per forward pass
     finally:
         eng.close()
+
+
+def test_default_frame_cap_follows_sentence_length(engine):
+    """With no max_frames, a sentence is capped at 1 s + max_seconds_per_char per token: a voice that
+    misses its end token stops there, exactly as if that cap had been given explicitly."""
+    text = "Hi."
+    per_char = 0.0  # cap = 1 s = 50 frames; this voice runs ~58 frames on its own
+    cap = int(engine.codec.frame_rate * (1.0 + per_char * len(textmod.encode(text))))
+    capped = engine.synthesize(text, opts(max_frames=None, max_seconds_per_char=per_char))
+    explicit = engine.synthesize(text, opts(max_frames=cap))
+    longer = engine.synthesize(text, opts(max_frames=cap + 40))
+    assert longer.size > explicit.size, "the tiny voice should run past the cap for this test to mean anything"
+    np.testing.assert_array_equal(capped, explicit)
