@@ -404,7 +404,7 @@ class TokenDataset(torch.utils.data.Dataset):
 
 
 def collate(items: list[dict]) -> dict:
-    """The TEAM_SPEC batch: text (B, L) right-padded with PAD, text_len, codes (B, Q, T) right-padded, code_len."""
+    """The training batch (docs/architecture.md): text (B, L) right-padded with PAD, text_len, codes (B, Q, T) right-padded, code_len."""
     b = len(items)
     L = max(len(x["text"]) for x in items)
     q, T = items[0]["codes"].shape[0], max(x["codes"].shape[1] for x in items)
