@@ -35,8 +35,7 @@ def depth_sweep(checkpoint: str, device: torch.device, texts: list[str], max_fra
     from ..generate import GenerationConfig, generate
     from ..model import SpeechLM
 
-    model = SpeechLM.from_pretrained(Path(checkpoint) if Path(checkpoint).exists() else
-                                     Path(__file__).resolve().parents[2] / "checkpoints" / checkpoint, device=device).eval()
+    model = SpeechLM.from_pretrained(checkpoint, device=device).eval()
     ids = [textmod.encode(t) for t in texts]
     rows, base = [], None
     for d in range(0, model.cfg.mtp_heads + 1):
@@ -175,18 +174,21 @@ def run_all(out: Path, checkpoint: str = "default", device: str | None = None, q
     from .codec import run_codec_bench
     from .decode import run_decode_bench
 
+    from ..engine import Engine
+
+    name, checkpoint = checkpoint, str(Engine.resolve_checkpoint(checkpoint))  # a name under checkpoints/ or a folder
     dev = pick_device(device)
     sub = out / dev.type
     sub.mkdir(parents=True, exist_ok=True)
     label = machine_label(dev)
-    res: dict = {"machine": label, "device": str(dev), "checkpoint": checkpoint, "torch": torch.__version__,
+    res: dict = {"machine": label, "device": str(dev), "checkpoint": name, "torch": torch.__version__,
                  "date": time.strftime("%Y-%m-%d"), "plot_dir": dev.type}
     texts = ["The quick brown fox jumps over the lazy dog.", "Streaming speech starts before the sentence is done.",
              "Dr. Lee paid $3.50 for two coffees on March 3, 2024."]
     max_frames = 120 if quick else 400
     if "codec" not in skip:
         print("== codec", flush=True)
-        res["codec"] = run_codec_bench(seconds=3.0 if quick else 10.0, device=device)
+        res["codec"] = run_codec_bench(seconds=3.0 if quick else 6.0, device=device)
     if "decode" not in skip:
         print("== decode", flush=True)
         res["decode"] = run_decode_bench(checkpoint, texts, device=device, max_frames=max_frames, reference=False)
