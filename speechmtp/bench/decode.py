@@ -70,6 +70,8 @@ REFERENCE_SIZE = ModelConfig(n_codebooks=8, codebook_size=1024, d_model=384, n_l
 
 
 def _load(checkpoint: str | None, device: torch.device) -> tuple[SpeechLM, str]:
+    if checkpoint == "synthetic":  # the toy whose heads agree: shows what trained heads buy
+        return train_synthetic_model(SYNTHETIC, steps=80).to(device), "synthetic"
     if checkpoint:
         return SpeechLM.from_pretrained(checkpoint, device=device), checkpoint
     default = Path(__file__).resolve().parents[2] / "checkpoints" / "default"
@@ -190,7 +192,8 @@ def _table(res: dict) -> str:
 
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="speechmtp bench decode", description=__doc__.split("\n")[0])
-    ap.add_argument("--checkpoint", help="SpeechLM folder (default: checkpoints/default, else a synthetic toy)")
+    ap.add_argument("--checkpoint", help="SpeechLM folder, or 'synthetic' for a toy model trained on a synthetic sequence "
+                    "(default: checkpoints/default, else the toy)")
     ap.add_argument("--texts", nargs="+", help="texts to synthesise (default: three built-in sentences)")
     ap.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA if present)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
