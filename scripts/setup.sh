@@ -11,11 +11,11 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 # torch==2.9.1 and torchaudio==2.9.1 are pinned as a pair in pyproject.toml.
-extras="data"
+target="."  # the engine and CLI; the teacher voice and ASR are only needed to make data and evaluate
 if [ "$what" = "test" ]; then
-  extras="test,data,eval"
+  target=".[test,data,eval]"
 fi
-.venv/bin/pip install --quiet --disable-pip-version-check -e ".[${extras}]"
+.venv/bin/pip install --quiet --disable-pip-version-check -e "$target"
 
 if [ "$what" = "test" ] && [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then
   # Browser test needs Debian's chromium; demos' audio path needs PortAudio. Best effort:
