@@ -367,6 +367,49 @@ def encode_corpus(path: str | os.PathLike, codec: Codec, cache_dir: str | os.Pat
     return corpus
 
 
+# -- token packs: a corpus's codes in one file, to train where the audio and codec are not ------------
+PACK_VERSION = 1
+
+
+def save_token_pack(corpus: Corpus, codec: Codec, codec_spec: str, path: str | os.PathLike) -> None:
+    """All items' codes concatenated + offsets, with ids, texts and the codec's fingerprint as metadata."""
+    if not corpus.items:
+        raise SpeechMTPError("nothing to pack: the corpus has no usable items")
+    codes = torch.cat([it.codes for it in corpus.items], dim=1)
+    offsets = torch.tensor([0] + [it.n_frames for it in corpus.items], dtype=torch.int64).cumsum(0)
+    meta = {"format": "speechmtp-token-pack", "version": str(PACK_VERSION), "codec_spec": codec_spec,
+            "codec": json.dumps(codec_fingerprint(codec)), "frame_rate": repr(float(codec.frame_rate)),
+            "ids": json.dumps([it.id for it in corpus.items]), "texts": json.dumps([it.text for it in corpus.items])}
+    save_safetensors({"codes": codes, "offsets": offsets}, path, metadata=meta)
+
+
+def is_token_pack(path: str | os.PathLike) -> bool:
+    return str(path).endswith(".safetensors") and Path(path).is_file()
+
+
+def load_token_pack(path: str | os.PathLike) -> tuple[Corpus, dict]:
+    """-> (corpus, {codec_spec, codec fingerprint, n_codebooks, codebook_size}); no codec or audio needed."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    t = load_safetensors(path)
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    if meta.get("format") != "speechmtp-token-pack" or "codes" not in t or "offsets" not in t:
+        raise SpeechMTPError(f"{path} is not a speechmtp token pack (make one with `speechmtp data encode --pack`)")
+    if int(meta.get("version", 0)) > PACK_VERSION:
+        raise SpeechMTPError(f"{path} is token pack version {meta['version']}; this speechmtp reads up to {PACK_VERSION}")
+    ids, texts, off = json.loads(meta["ids"]), json.loads(meta["texts"]), t["offsets"].tolist()
+    codes = t["codes"]
+    if not (len(ids) == len(texts) == len(off) - 1) or off[-1] != codes.shape[1]:
+        raise SpeechMTPError(f"token pack {path} is inconsistent (ids, texts and offsets disagree); re-create it")
+    items = [TokenItem(i, x, codes[:, a:b]) for i, x, a, b in zip(ids, texts, off[:-1], off[1:])]
+    fp = json.loads(meta["codec"])
+    corpus = Corpus(items, Counter(), path, 0, len(items), float(meta["frame_rate"]))
+    return corpus, {"codec_spec": meta["codec_spec"], "codec": fp, "n_codebooks": int(fp["n_codebooks"]),
+                    "codebook_size": int(fp["codebook_size"])}
+
+
 # -- training view ---------------------------------------------------------------------------------
 def _unit_hash(s: str) -> float:
     return int.from_bytes(hashlib.sha1(s.encode()).digest()[:8], "big") / 2.0**64
@@ -451,12 +494,19 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="speechmtp data encode", description="Encode a corpus into the token cache (resumable).")
     add_data_args(p)
     p.add_argument("--device", default=None, help="device for the codec (default: cuda if present)")
+    p.add_argument("--pack", default=None, help="also write every usable item's codes to this .safetensors token pack, "
+                   "which `speechmtp train --data` reads with no audio or codec (e.g. to train on another machine)")
     args = p.parse_args(argv)
+    if args.pack and not args.pack.endswith(".safetensors"):
+        raise SpeechMTPError(f"--pack must name a .safetensors file, got {args.pack!r}")
     from .codec import load_codec
     from .utils import pick_device
 
     codec = load_codec(args.codec, device=pick_device(args.device), encodec_weights=args.encodec_weights)
-    encode_corpus(args.data, codec, args.cache_dir, args.max_seconds, args.max_text_chars)
+    corpus = encode_corpus(args.data, codec, args.cache_dir, args.max_seconds, args.max_text_chars)
+    if args.pack:
+        save_token_pack(corpus, codec, args.codec, args.pack)
+        print(f"token pack: {len(corpus.items)} items -> {args.pack}", file=sys.stderr)
     return 0
 
 

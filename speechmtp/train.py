@@ -26,6 +26,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -76,6 +77,8 @@ class TrainConfig:
     save_every: int = 500
     log_every: int = 10
     stop_after: int = 0  # stop (and save) after this step, as if interrupted; the schedule still spans --steps
+    keep_best: bool = False  # also keep the weights of the lowest validation loss in <out>/best/
+    time_budget: float = 0.0  # minutes; >0: fit --steps to the measured speed, and stop (saving) at the deadline
     seed: int = 0
     device: str | None = None
     threads: int = 0
@@ -329,12 +332,9 @@ def train(config) -> dict:
             dist.destroy_process_group()
 
 
-def _train(cfg: TrainConfig, dd: Dist, device: torch.device) -> dict:
+def _encode_and_build(cfg: TrainConfig, dd: Dist, device: torch.device, codec_spec: str):
+    """Encode the corpus into the token cache (resumably) and build the model for its codec."""
     from .codec import load_codec
-
-    out = Path(cfg.out)
-    codec_spec = cfg.codec or _checkpoint_codec(cfg) or "default"
-    log = (lambda *a: print(*a, file=sys.stderr, flush=True)) if dd.main else (lambda *a: None)
 
     # data: rank 0 encodes (resumably) while the others wait; then each node's first rank, which finds
     # the cache done on a shared file system or encodes its own copy on a node-local one; then the rest
@@ -352,8 +352,24 @@ def _train(cfg: TrainConfig, dd: Dist, device: torch.device) -> dict:
                                            progress=cfg.progress and turn != "rest", verbose=turn != "rest")
         if wait is not None:
             dist.barrier(group=wait)
-    model = _build_model(cfg, codec, codec_spec)
-    del codec
+    return corpus, _build_model(cfg, codec, codec_spec)
+
+
+def _train(cfg: TrainConfig, dd: Dist, device: torch.device) -> dict:
+    out = Path(cfg.out)
+    codec_spec = cfg.codec or _checkpoint_codec(cfg) or "default"
+    log = (lambda *a: print(*a, file=sys.stderr, flush=True)) if dd.main else (lambda *a: None)
+
+    if datamod.is_token_pack(cfg.data):  # codes made elsewhere: no codec, no audio, no encoding here
+        corpus, pack = datamod.load_token_pack(cfg.data)
+        if cfg.codec and cfg.codec != pack["codec_spec"]:
+            raise SpeechMTPError(f"token pack {cfg.data} holds codes of codec {pack['codec_spec']!r}, not {cfg.codec!r}")
+        codec_spec = cfg.codec or _checkpoint_codec(cfg) or pack["codec_spec"]
+        log(f"token pack: {len(corpus.items)} items ({sum(it.n_frames for it in corpus.items) / corpus.frame_rate / 3600:.2f} h)"
+            f" of codec {pack['codec_spec']!r}")
+        model = _build_model(cfg, SimpleNamespace(**pack), codec_spec)
+    else:
+        corpus, model = _encode_and_build(cfg, dd, device, codec_spec)
     q, k_heads = model.cfg.n_codebooks, model.cfg.mtp_heads
     # the longest sequence an item makes: text + BOS step + delayed frames + the heads' look-ahead
     fits = [it for it in corpus.items if len(text_encode(it.text)) + it.n_frames + q + k_heads + 1
@@ -404,6 +420,8 @@ def _train(cfg: TrainConfig, dd: Dist, device: torch.device) -> dict:
         opt.load_state_dict(st["optimizer"])
         pos = {k: int(st[k]) for k in pos}
         _set_rng_state(st["rng"][dd.rank % len(st["rng"])])
+        if cfg.time_budget:  # keep the schedule the first run fitted to its budget
+            cfg.steps = int(st["steps"])
         log(f"resumed {out} at step {pos['step']}")
     runner = _LossModule(model)
     if dd.world > 1:
@@ -436,6 +454,9 @@ def _train(cfg: TrainConfig, dd: Dist, device: torch.device) -> dict:
             _save(out, model, opt, pos, cfg, rngs)
 
     plan_epoch, plan = -1, []
+    best_val = math.inf  # --keep-best: a resumed run competes with the best the interrupted one kept
+    if cfg.keep_best and (out / "best" / "best.json").is_file():
+        best_val = json.loads((out / "best" / "best.json").read_text())["loss"]
     last_train: dict = {}
     last_val: dict = {}
     end = min(cfg.steps, cfg.stop_after) if cfg.stop_after else cfg.steps
@@ -445,8 +466,35 @@ def _train(cfg: TrainConfig, dd: Dist, device: torch.device) -> dict:
                file=sys.stderr, dynamic_ncols=True)
     t0 = time.monotonic()
     interrupted = False
+    fit_from, fit_at = pos["step"] + 5, pos["step"] + 25  # time steps 6..25 (1..5 warm up kernels and caches)
+    t_fit = t0
     try:
         while pos["step"] < end:
+            if cfg.time_budget:
+                if pos["step"] == fit_from:
+                    t_fit = time.monotonic()
+                stop_now = time.monotonic() - t0 > 60 * cfg.time_budget
+                fit = pos["step"] == fit_at and not cfg.resume
+                if dd.world > 1:  # one decision for all ranks
+                    flag = torch.tensor([float(stop_now), time.monotonic() - t_fit], device=device)
+                    dist.broadcast(flag, 0)
+                    stop_now, took = bool(flag[0]), float(flag[1])
+                else:
+                    took = time.monotonic() - t_fit
+                if fit:
+                    per_step = took / (fit_at - fit_from)
+                    left = 60 * cfg.time_budget - (time.monotonic() - t0)
+                    # 10% slack for validation passes and checkpoints
+                    fitted = pos["step"] + max(1, int(0.9 * left / per_step))
+                    if fitted < cfg.steps:
+                        log(f"time budget {cfg.time_budget:g} min at {per_step * 1000:.0f} ms/step: "
+                            f"{cfg.steps} steps -> {fitted} (the schedule follows)")
+                        cfg.steps = fitted
+                        end = min(cfg.steps, cfg.stop_after) if cfg.stop_after else cfg.steps
+                        bar.total = cfg.steps
+                if stop_now and end > pos["step"] + 1:  # one last step, then validate and save as at the end
+                    log(f"time budget of {cfg.time_budget:g} min spent at step {pos['step']}: stopping")
+                    end = pos["step"] + 1
             if plan_epoch != pos["epoch"]:
                 plan, plan_epoch = datamod.epoch_batches(lengths, cfg.batch_size, cfg.seed, pos["epoch"]), pos["epoch"]
             ids = plan[pos["batch_idx"]]
@@ -491,6 +539,10 @@ def _train(cfg: TrainConfig, dd: Dist, device: torch.device) -> dict:
                 if val_ds and (_every(step, cfg.val_every) or step == end):
                     last_val = evaluate(model, val_ds, micro, device, autocast, cfg.distill)
                     write_metrics({"step": step, "split": "val", **last_val})
+                    if cfg.keep_best and last_val["loss"] < best_val:
+                        best_val = last_val["loss"]
+                        model.save_pretrained(out / "best")
+                        atomic_write_text(out / "best" / "best.json", json.dumps({"step": step, **last_val}) + "\n")
                     bar.write(f"step {step} val: {_short(last_val, k_heads)}  expected frames/step "
                               f"{last_val.get('expected_accept_per_step', 1.0):.2f}", file=sys.stderr)
             if _every(step, cfg.save_every) or step == end:
@@ -559,6 +611,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--val-every", type=int, default=200)
     g.add_argument("--save-every", type=int, default=500)
     g.add_argument("--log-every", type=int, default=10)
+    g.add_argument("--keep-best", action="store_true", help="also keep the weights with the lowest validation loss "
+                   "in OUT/best/ (a checkpoint folder like OUT)")
+    g.add_argument("--time-budget", type=float, default=0.0, help="minutes: measure speed over the first steps, shrink "
+                   "--steps to fit, and stop (saving) at the deadline; 0 = off")
     g.add_argument("--stop-after", type=int, default=0, help="stop and save after this step (the schedule still spans --steps)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if present; torchrun: cuda:LOCAL_RANK)")

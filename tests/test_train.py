@@ -164,3 +164,53 @@ def test_lr_schedule():
     c = trainmod.TrainConfig(lr=1.0, warmup=10, steps=110, min_lr_ratio=0.1)
     assert trainmod.lr_at(0, c) == pytest.approx(0.1) and trainmod.lr_at(9, c) == pytest.approx(1.0)
     assert trainmod.lr_at(60, c) == pytest.approx(0.55) and trainmod.lr_at(110, c) == pytest.approx(0.1)
+
+
+def test_token_pack_trains_like_the_corpus(setup, tmp_path):
+    """A token pack (codes + texts, no audio, no codec) trains to the same weights as the corpus itself."""
+    from speechmtp import data
+    from speechmtp.codec import load_codec
+
+    pack = tmp_path / "tokens.safetensors"
+    assert data.main(["--data", setup["data"], "--codec", setup["codec"], "--pack", str(pack), "--device", "cpu"]) == 0
+    corpus = data.encode_corpus(setup["data"], load_codec(setup["codec"], device="cpu"), progress=False, verbose=False)
+    back, meta = data.load_token_pack(pack)
+    assert [(i.id, i.text) for i in back.items] == [(i.id, i.text) for i in corpus.items]
+    assert all(torch.equal(a.codes, b.codes) for a, b in zip(back.items, corpus.items))
+    assert meta["codec_spec"] == setup["codec"] and (meta["n_codebooks"], meta["codebook_size"]) == (2, 16)
+
+    trainmod.train(cfg(setup, "from_corpus", steps=8, save_every=100))
+    trainmod.train(cfg(setup, "from_pack", data=str(pack), codec=None, steps=8, save_every=100))
+    a, b = weights(setup["base"] / "from_corpus"), weights(setup["base"] / "from_pack")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert json.loads((setup["base"] / "from_pack" / "config.json").read_text())["codec"] == setup["codec"]
+    with pytest.raises(SpeechMTPError, match="holds codes of codec"):
+        trainmod.train(cfg(setup, "wrong", data=str(pack), codec="encodec", steps=2))
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a pack")
+    with pytest.raises(SpeechMTPError, match="corrupt"):
+        data.load_token_pack(bad)
+
+
+def test_time_budget_fits_the_schedule_and_stops(setup):
+    """--time-budget shrinks --steps to what fits, so the cosine schedule still ends, and saves at the deadline."""
+    final = trainmod.train(cfg(setup, "budget", steps=100000, time_budget=0.05, val_every=10, save_every=10**6,
+                               keep_best=True))
+    out = setup["base"] / "budget"
+    # --keep-best kept the validation row with the lowest loss, as a loadable checkpoint
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    vals = [r for r in rows if r["split"] == "val"]
+    best = json.loads((out / "best" / "best.json").read_text())
+    assert best["loss"] == min(r["loss"] for r in vals) and best["step"] in [r["step"] for r in vals]
+    assert SpeechLM.from_pretrained(out / "best").cfg == SpeechLM.from_pretrained(out).cfg
+    st = torch.load(out / "train_state.pt", weights_only=True)
+    assert 25 < st["steps"] < 100000 and final["step"] <= st["steps"] and st["step"] == final["step"]
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    if final["step"] == st["steps"]:  # finished the fitted schedule: the last lr is the floor of the cosine
+        last = [r for r in rows if r["split"] == "train"][-1]
+        assert last["lr"] == pytest.approx(trainmod.lr_at(st["steps"] - 1, trainmod.TrainConfig(**{
+            **cfg(setup, "x"), "steps": st["steps"]})), rel=1e-6)
+    # resuming keeps the fitted schedule rather than the 100000 asked for
+    trainmod.train(cfg(setup, "budget", steps=100000, time_budget=0.05, resume=True, val_every=10**6))
+    assert torch.load(out / "train_state.pt", weights_only=True)["steps"] == st["steps"]
