@@ -233,10 +233,13 @@ def codec_fingerprint(codec: Codec) -> dict:
             ident.setdefault(k, v)
         elif dataclasses.is_dataclass(v) and not isinstance(v, type):
             ident[k] = json.loads(json.dumps(dataclasses.asdict(v), default=str))
-        elif isinstance(v, torch.nn.Module):
+        elif isinstance(v, torch.nn.Module) and not hasattr(codec, "code_modules"):
             _hash_module(v, h)
-    if isinstance(codec, torch.nn.Module):
-        _hash_module(codec, h)
+    # a codec may name the modules its codes depend on (the built-in one: encoder and codebooks), so a
+    # decoder fine-tune keeps the cache, and the LMs trained on those codes stay valid
+    code_modules = getattr(codec, "code_modules", None)
+    for m in (code_modules() if code_modules else [codec] if isinstance(codec, torch.nn.Module) else []):
+        _hash_module(m, h)
     ident["weights_sha256"] = h.hexdigest()
     return ident
 

@@ -114,3 +114,28 @@ def test_interrupt_saves_a_checkpoint(data, tmp_path, monkeypatch):
     monkeypatch.setattr(codec_train, "sample_batch", real)
     assert run(data, out, "--steps", "7", "--resume") == 0
     assert torch.load(out / codec_train.STATE_FILE, weights_only=False)["step"] == 7
+
+
+def test_decoder_fine_tune_keeps_the_codes(data, tmp_path):
+    """--decoder-from trains only the decoder: the codes, the token-cache key and the encoder/codebook
+    weights are bit-identical to the base codec's, while the decoder's weights (and the loss) move."""
+    from speechmtp.data import cache_key
+
+    base, ft = tmp_path / "base", tmp_path / "ft"
+    assert run(data, base, "--steps", "12") == 0
+    assert run(data, ft, "--steps", "12", "--decoder-from", str(base), "--lr", "1e-2") == 0
+    a, b = BuiltinCodec.load(base, device="cpu"), BuiltinCodec.load(ft, device="cpu")
+    wa, wb = a.state_dict(), b.state_dict()
+    for k in wa:
+        if not k.startswith("decoder."):
+            assert torch.equal(wa[k], wb[k]), k
+    assert any(not torch.equal(wa[k], wb[k]) for k in wa if k.startswith("decoder."))
+    wav = torch.from_numpy(np.random.default_rng(1).normal(0, 0.1, 8000).astype(np.float32))
+    assert torch.equal(a.encode(wav), b.encode(wav))
+    assert cache_key(a) == cache_key(b)
+    assert not torch.equal(a.decode(a.encode(wav)), b.decode(b.encode(wav)))
+    assert "decoder fine-tuned" in (ft / "README.md").read_text()
+    # resume keeps it decoder-only
+    assert run(data, ft, "--steps", "16", "--resume") == 0
+    c = BuiltinCodec.load(ft, device="cpu").state_dict()
+    assert all(torch.equal(wa[k], c[k]) for k in wa if not k.startswith("decoder."))

@@ -251,6 +251,10 @@ class BuiltinCodec(nn.Module, Codec):
         """All codebooks stacked (Q*K, D): code q,k is row q*K + k."""
         return torch.cat([layer._codebook.embed for layer in self.quantizer.vq.layers[: self.n_codebooks]], 0)
 
+    def code_modules(self) -> list[nn.Module]:
+        """What the codes depend on (the token cache's key hashes these): not the decoder."""
+        return [self.encoder, self.quantizer]
+
     def codes_to_latents(self, codes: torch.Tensor) -> torch.Tensor:
         """(B, Q, T) -> summed codebook vectors (B, D, T); equals quantizer.decode (project_out is identity)."""
         offsets = torch.arange(self.n_codebooks, device=codes.device)[None, :, None] * self.codebook_size

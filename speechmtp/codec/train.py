@@ -199,6 +199,8 @@ def model_card(codec: BuiltinCodec, step: int, info: dict) -> str:
         "Trained with `speechmtp codec train` (multi-resolution mel + spectral-convergence loss, no GAN).", "",
         f"- data: `{info.get('data')}` ({info.get('n_train')} training clips, {info.get('hours', 0):.2f} h; "
         f"{info.get('n_val')} held out; {info.get('skipped', 0)} unreadable files skipped)",
+        *([f"- decoder fine-tuned from `{info['decoder_from']}` (encoder and codebooks frozen: same codes)"]
+          if info.get("decoder_only") else []),
         f"- steps: {step} (batch {info.get('batch_size')} x {info.get('segment_seconds')} s, lr {info.get('lr')}), "
         f"{info.get('train_seconds', 0) / 60:.1f} min on {info.get('device')}",
         f"- sample rate {cfg.sample_rate} Hz, frame rate {codec.frame_rate:g} Hz (hop {cfg.hop_length})",
@@ -255,6 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--sample-rate", type=int, default=16000)
     p.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt")
+    p.add_argument("--decoder-from", default=None, metavar="CODEC",
+                   help="fine-tune only the decoder of this trained codec folder: encoder and codebooks stay frozen, "
+                        "so its codes (and any speech LM trained on them) stay valid while the audio improves")
     p.add_argument("--val-every", type=int, default=250)
     p.add_argument("--save-every", type=int, default=250)
     p.add_argument("--device", default="cpu")
@@ -315,10 +320,21 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(BuiltinCodecConfig, out / "config.json")
         if args.config_json:
             print("note: --config-json is ignored with --resume (the saved config.json wins)")
+    elif args.decoder_from:
+        base = BuiltinCodec.load(args.decoder_from, device="cpu")
+        cfg = base.cfg
+        if args.config_json:
+            print("note: --config-json is ignored with --decoder-from (the base codec's config wins)")
     else:
         cfg = BuiltinCodecConfig(**{"sample_rate": args.sample_rate, **parse_overrides(args.config_json)})
     torch.manual_seed(args.seed)
     codec = BuiltinCodec(cfg, device=device)
+    decoder_only = bool(args.decoder_from) or bool(state is not None and state["info"].get("decoder_only"))
+    if args.decoder_from:
+        codec.load_state_dict(base.state_dict())
+    if decoder_only:  # the code path (encoder + codebooks) is frozen: no gradients, no EMA, no revival
+        for m in (codec.encoder, codec.quantizer):
+            m.requires_grad_(False)
 
     data = Path(args.data)
     files = list_audio(data)
@@ -330,12 +346,14 @@ def main(argv: list[str] | None = None) -> int:
     seg = max(1, round(args.segment_seconds * cfg.sample_rate / cfg.hop_length)) * cfg.hop_length
     info = {"data": str(data), "n_train": len(train), "n_val": len(val), "skipped": skipped,
             "hours": float(lengths.sum()) / cfg.sample_rate / 3600, "batch_size": args.batch_size,
-            "segment_seconds": seg / cfg.sample_rate, "lr": args.lr, "device": str(device), "train_seconds": 0.0}
+            "segment_seconds": seg / cfg.sample_rate, "lr": args.lr, "device": str(device), "train_seconds": 0.0,
+            "decoder_only": decoder_only, "decoder_from": args.decoder_from}
     if skipped:
         print(f"skipped {skipped} unreadable, empty or too-short audio files")
 
     loss_fn = MelSTFTLoss(cfg.sample_rate).to(device)
-    opt = torch.optim.AdamW(codec.parameters(), lr=args.lr, betas=(0.8, 0.99), weight_decay=0.0)
+    trained = list(codec.decoder.parameters()) if decoder_only else list(codec.parameters())
+    opt = torch.optim.AdamW(trained, lr=args.lr, betas=(0.8, 0.99), weight_decay=0.0)
     rng = np.random.default_rng(args.seed)
     step = 0
     if state is not None:
@@ -347,7 +365,8 @@ def main(argv: list[str] | None = None) -> int:
         info["train_seconds"] = state["info"].get("train_seconds", 0.0)
         info["val"] = state["info"].get("val")
         info["losses"] = state["info"].get("losses", [])
-    else:
+        info["decoder_from"] = state["info"].get("decoder_from")
+    elif not decoder_only:
         # k-means the codebooks on encoder outputs of a few batches (encodec's own init would use one batch)
         with torch.no_grad():
             lat = [codec.encoder(sample_batch(train, weights, rng, args.batch_size, seg).to(device)) for _ in range(4)]
@@ -372,13 +391,20 @@ def main(argv: list[str] | None = None) -> int:
             wav = sample_batch(train, weights, rng, args.batch_size, seg).to(device)
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, args.steps, args.lr, args.warmup)
-            recon, commit, _ = codec(wav)
+            if decoder_only:
+                codec.encoder.eval(), codec.quantizer.eval()
+                codes = codec.encode(wav).clone()  # (B, Q, T), out of inference mode
+                with torch.no_grad():
+                    lat = codec.codes_to_latents(codes)
+                recon, commit = codec.decoder(lat), torch.zeros((), device=device)
+            else:
+                recon, commit, _ = codec(wav)
             target = F.pad(wav, (d, 0))[..., : recon.shape[-1]]  # decoded sample s + d is input sample s
             rec_loss, parts = loss_fn(recon, target)
             loss = rec_loss + cfg.commit_weight * commit
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(codec.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_(trained, 1.0)
             opt.step()
             step += 1
             info["losses"].append(round(loss.item(), 5))
