@@ -40,6 +40,7 @@ def read_text(arg: str | None, file: str | None) -> str:
     if len(text) > textmod.MAX_TEXT_CHARS:
         raise SpeechMTPError(f"text is {len(text)} characters; the limit is {textmod.MAX_TEXT_CHARS} "
                              "per run: split the script into parts")
+    textmod.encode(text)  # raises "nothing speakable" for text wholly in a script the voice cannot read
     return text
 
 

@@ -436,7 +436,7 @@ def encode(text: str, normalized: bool = False) -> list[int]:
     _check_length(text)
     norm = text if normalized else normalize(text)
     ids = [_CHAR_TO_ID.get(c, UNK) for c in norm]
-    if not any(i not in (UNK, _CHAR_TO_ID[" "]) for i in ids):
+    if not any(c.isalnum() for c in norm):  # punctuation alone is nothing to say
         raise SpeechMTPError(f"nothing speakable in the text {text[:60]!r}: the voice reads English letters, digits and punctuation")
     return [BOS] + ids + [EOS]
 

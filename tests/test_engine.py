@@ -199,7 +199,8 @@ def test_say_command_writes_the_engine_audio(ckpt, engine, tmp_path, capsys):
     script.write_bytes(b"\xff\xfe not utf-8")
     for argv, msg in [(["  ", "-o", str(out)], "empty"), (["-f", str(tmp_path / "none.txt"), "-o", str(out)], "not found"),
                       (["-f", str(script), "-o", str(out)], "not UTF-8"), (["x" * 100_001, "-o", str(out)], "limit"),
-                      (["hi"], "nothing to do")]:
+                      (["hi"], "nothing to do"), (["Привет мир", "-o", str(out)], "cannot read"),
+                      (["\U0001F600 ...", "-o", str(out)], "nothing speakable")]:
         with pytest.raises(SpeechMTPError, match=msg):
             say.main(argv + ["--checkpoint", str(ckpt)])
 
