@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import json
 import queue
 import secrets
 import threading
@@ -258,6 +259,7 @@ class Session:
             "sentences": self._n_sentences,
             "synthesis_s": round(busy, 4),
             "seed": self.seed,
+            "mode": self.opts.mode,
         }
 
 
@@ -314,9 +316,32 @@ class Engine:
             raise SpeechMTPError(
                 f"checkpoint {path} expects {cfg.n_codebooks} codebooks of {cfg.codebook_size}, but codec "
                 f"{cfg.codec!r} has {codec.n_codebooks} of {codec.codebook_size}; fix config.codec")
+        if "defaults" not in kw:
+            kw["defaults"] = cls.voice_defaults(path)
         eng = cls(model, codec, dev, max_batch=max_batch, **kw)
         eng.name = Path(checkpoint).name if str(checkpoint) != "default" else "default"
         return eng
+
+    VOICE_FILE = "voice.json"
+    VOICE_KEYS = ("mode", "temperature", "top_k", "top_p")
+
+    @classmethod
+    def voice_defaults(cls, path: Path) -> SynthesisOptions:
+        """The voice's own synthesis defaults from <checkpoint>/voice.json ({"mode", "temperature", "top_k",
+        "top_p"}, each optional; other keys are notes), chosen by measuring that voice; else the built-in ones."""
+        f = Path(path) / cls.VOICE_FILE
+        if not f.is_file():
+            return SynthesisOptions()
+        try:
+            data = json.loads(f.read_text())
+            if not isinstance(data, dict):
+                raise ValueError("not a JSON object")
+            opts = SynthesisOptions(**{k: data[k] for k in cls.VOICE_KEYS if data.get(k) is not None})
+        except (ValueError, TypeError, SpeechMTPError) as e:
+            raise SpeechMTPError(f"{f} is not a valid voice settings file ({e}); fix or delete it") from e
+        if opts.temperature is not None and opts.temperature < 0:
+            raise SpeechMTPError(f"{f}: temperature must be >= 0")
+        return opts
 
     @property
     def sample_rate(self) -> int:

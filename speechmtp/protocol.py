@@ -87,7 +87,7 @@ class Limits:
 @dataclass
 class SessionConfig:
     voice: str
-    mode: str = "mtp"
+    mode: str | None = None  # None: the voice's default (its voice.json, else mtp)
     temperature: float | None = None
     top_k: int | None = None
     top_p: float | None = None
@@ -167,8 +167,8 @@ def parse_config(msg: dict, voices: dict[str, int], default_voice: str) -> Sessi
         bad('"voice" must be a string')
     if voice not in voices:
         raise ProtocolError("unknown_voice", f"voice {voice!r} is not loaded here; available: {', '.join(voices)}")
-    mode = msg.get("mode", "mtp")
-    if mode not in MODES:
+    mode = msg.get("mode")
+    if mode is not None and mode not in MODES:
         bad(f'"mode" must be one of {", ".join(MODES)}; got {mode!r}')
     t = msg.get("temperature")
     if t is not None and (not _is_num(t) or not 0 <= t <= 10):

@@ -50,10 +50,11 @@ def main(argv: list[str]) -> int:
     p.add_argument("-f", "--file", help="read the text from this UTF-8 file")
     p.add_argument("-o", "--output", help="WAV file to write")
     p.add_argument("--checkpoint", default="default", help="voice folder or name under checkpoints/ (default: the shipped voice)")
-    p.add_argument("--decode", choices=["ntp", "mtp", "mtp-relaxed"], default="mtp",
-                   help="ntp: one frame per step; mtp: lossless multi-frame drafts; mtp-relaxed: faster, lossy")
+    p.add_argument("--decode", choices=["ntp", "mtp", "mtp-relaxed"], default=None,
+                   help="ntp: one frame per step; mtp: lossless multi-frame drafts; mtp-relaxed: faster, lossy "
+                        "(default: the voice's, from its voice.json: the fastest lossless mode measured for it)")
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--temperature", type=float, default=None, help="0 = greedy (the model default)")
+    p.add_argument("--temperature", type=float, default=None, help="0 = greedy (default: the voice's)")
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--max-frames", type=int, default=None, help="cap per sentence")
@@ -70,8 +71,8 @@ def main(argv: list[str]) -> int:
     text = read_text(args.text, args.file)
 
     engine = Engine.load(args.checkpoint, device=args.device, max_batch=1)
-    opts = SynthesisOptions(mode=args.decode, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                            seed=args.seed, max_frames=args.max_frames)
+    opts = engine.options(mode=args.decode, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                          seed=args.seed, max_frames=args.max_frames)
     sr = engine.sample_rate
     player = writer = tmp = None
     try:
@@ -115,7 +116,7 @@ def main(argv: list[str]) -> int:
     t = engine.last_timings
     audio_s = t["audio_s"]
     print(f"{audio_s:.2f} s of audio, {t['sentences']} sentence(s); time to first audio "
-          f"{(ttfa or 0) * 1000:.0f} ms; RTF {wall / max(audio_s, 1e-9):.3f} ({args.decode}, "
+          f"{(ttfa or 0) * 1000:.0f} ms; RTF {wall / max(audio_s, 1e-9):.3f} ({opts.mode}, "
           f"{t['accepted_per_step']} frames/step)" + (f" -> {args.output}" if args.output else ""), file=sys.stderr)
     if args.stats:
         import json

@@ -225,7 +225,7 @@ class TTSServer:
             encoder = AudioEncoder(engine.sample_rate, c.format, c.sample_rate)
             self.metrics.sessions_total += 1
             await ws.send(json.dumps({
-                "type": "ready", "session_id": sess.id, "voice": c.voice, "seed": sess.seed, "mode": c.mode,
+                "type": "ready", "session_id": sess.id, "voice": c.voice, "seed": sess.seed, "mode": opts.mode,
                 "audio": {"format": c.format, "sample_rate": c.sample_rate, "channels": 1},
                 "limits": self.cfg.limits.public()}))
             clock = {"first_text": None}

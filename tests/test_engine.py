@@ -228,3 +228,35 @@ def test_default_frame_cap_follows_sentence_length(engine):
     longer = engine.synthesize(text, opts(max_frames=cap + 40))
     assert longer.size > explicit.size, "the tiny voice should run past the cap for this test to mean anything"
     np.testing.assert_array_equal(capped, explicit)
+
+
+def test_voice_json_sets_the_voice_defaults(tmp_path, capsys):
+    """A checkpoint's voice.json picks its default decode settings; explicit options still win; a broken
+    file is a clear error; without one the built-in defaults apply."""
+    import json
+
+    from speechmtp import say
+
+    ckpt = build_tiny_checkpoint(tmp_path / "v")
+    eng = Engine.load(ckpt, device="cpu")
+    try:
+        assert eng.options().mode == "mtp" and eng.options().temperature is None
+    finally:
+        eng.close()
+    (ckpt / "voice.json").write_text(json.dumps({"mode": "ntp", "temperature": 0.5, "top_k": 20,
+                                                 "measured": {"note": "ignored"}}))
+    eng = Engine.load(ckpt, device="cpu")
+    try:
+        o = eng.options()
+        assert (o.mode, o.temperature, o.top_k) == ("ntp", 0.5, 20)
+        assert eng.options(mode="mtp").mode == "mtp" and eng.options(mode="mtp").temperature == 0.5
+        eng.synthesize("Hi there.", eng.options(seed=0))
+        assert eng.last_timings["mode"] == "ntp" and eng.last_timings["accepted_per_step"] == 1.0
+    finally:
+        eng.close()
+    say.main(["Hi there.", "-o", str(tmp_path / "a.wav"), "--checkpoint", str(ckpt), "--stats", "--seed", "1"])
+    assert json.loads(capsys.readouterr().out)["mode"] == "ntp"
+    for bad in ('{"mode": "fast"}', "[1, 2]", "{not json", '{"temperature": -1}'):
+        (ckpt / "voice.json").write_text(bad)
+        with pytest.raises(SpeechMTPError, match="voice.json"):
+            Engine.load(ckpt, device="cpu")
