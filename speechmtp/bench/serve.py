@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from ..client import stream_tts
-from ..engine import Engine, SynthesisOptions
+from ..engine import Engine
 from ..server import ServerConfig, TTSServer
 from ..utils import SpeechMTPError
 
@@ -81,7 +81,7 @@ async def _bench(engine: Engine, clients: int, seconds: float, text: str, mode: 
     rtf = [r["rtf"] for r in records]
     audio = sum(r["audio_s"] for r in records)
     return {
-        "clients": clients, "seconds": round(wall, 3), "sessions": len(records), "mode": mode,
+        "clients": clients, "seconds": round(wall, 3), "sessions": len(records), "mode": engine.options(mode=mode).mode,
         "device": str(engine.device), "max_batch": engine.max_batch,
         "ttfa_ms": {"p50": _pct(ttfa, 50), "p95": _pct(ttfa, 95), "max": _pct(ttfa, 100)},
         "ttfa_ms_all": [round(x, 2) for x in ttfa],
@@ -96,15 +96,15 @@ async def _bench(engine: Engine, clients: int, seconds: float, text: str, mode: 
 
 
 def run_serve_bench(clients: int = 4, seconds: float = 10.0, checkpoint: str = "default", text: str = DEFAULT_TEXT,
-                    mode: str = "mtp", device=None, max_batch: int | None = None, max_frames: int | None = None,
+                    mode: str | None = None, device=None, max_batch: int | None = None, max_frames: int | None = None,
                     jitter_ms: float = 50.0, engine: Engine | None = None) -> dict:
     """Start a loopback server, run `clients` concurrent sessions for about `seconds`, return the report."""
     if clients < 1 or seconds <= 0:
         raise SpeechMTPError("need --clients >= 1 and --seconds > 0")
     own = engine is None
     if own:
-        engine = Engine.load(checkpoint, device=device, max_batch=max_batch or clients,
-                             defaults=SynthesisOptions(max_frames=max_frames))
+        engine = Engine.load(checkpoint, device=device, max_batch=max_batch or clients)
+        engine.defaults = engine.options(max_frames=max_frames)  # the voice's own defaults, plus the cap
     try:
         return asyncio.run(_bench(engine, clients, seconds, text, mode, jitter_ms / 1000, max_sessions=clients))
     finally:
@@ -118,7 +118,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--seconds", type=float, default=10.0, help="each client starts new sessions until this time is up")
     p.add_argument("--checkpoint", default="default")
     p.add_argument("--device", default=None)
-    p.add_argument("--mode", choices=["ntp", "mtp", "mtp-relaxed"], default="mtp")
+    p.add_argument("--mode", choices=["ntp", "mtp", "mtp-relaxed"], default=None, help="default: the voice's")
     p.add_argument("--max-batch", type=int, default=None, help="default: one slot per client")
     p.add_argument("--max-frames", type=int, default=None, help="cap per sentence (random test voices never stop)")
     p.add_argument("--jitter-ms", type=float, default=50.0, help="playback head start when counting underruns")
