@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from .utils import SpeechMTPError, atomic_write_text
 
@@ -175,7 +176,8 @@ def _score(name: str, rows: list[dict], hyps: list[str], extra: dict | None = No
 
 def run_eval(checkpoint: str | None = "default", heldout: str = DEFAULT_HELDOUT, n: int = 50,
              modes: tuple[str, ...] = ("ntp", "mtp", "mtp-relaxed"), device: str | None = None,
-             seed: int = 0, temperature: float | None = None, teacher: bool = True, progress: bool = True) -> dict:
+             seed: int = 0, temperature: float | None = None, teacher: bool = True, progress: bool = True,
+             codecs: tuple[str, ...] = ()) -> dict:
     """Teacher recordings and our voice (per decode mode) -> {"results": [per-system WER], ...}."""
     from tqdm import tqdm
 
@@ -187,6 +189,18 @@ def run_eval(checkpoint: str | None = "default", heldout: str = DEFAULT_HELDOUT,
         hyps = transcribe(tqdm([r["audio_path"] for r in rows], desc="asr teacher", disable=not progress))
         report["results"].append(_score("teacher", rows, hyps, {"asr_seconds": round(time.time() - t0, 2),
                                                                  "audio_seconds": round(sum(r.get("seconds", 0) for r in rows), 2)}))
+    for spec in codecs:  # what the codec alone costs: the teacher's audio encoded and decoded
+        from .codec import load_codec
+        from .utils import pick_device, read_audio
+
+        codec = load_codec(spec, device=pick_device(device))
+        wavs = []
+        for r in tqdm(rows, desc=f"codec {spec}", disable=not progress):
+            wav, _ = read_audio(r["audio_path"], codec.sample_rate)
+            with torch.inference_mode():
+                wavs.append(codec.decode(codec.encode(wav)).reshape(-1).float().cpu().numpy())
+        hyps = transcribe(wavs, sample_rate=codec.sample_rate)
+        report["results"].append(_score(f"codec {spec} round trip", rows, hyps, {"codec": spec}))
     if checkpoint and modes:
         from .engine import Engine
 
@@ -229,6 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=50, help="number of held-out sentences (0 = all)")
     p.add_argument("--modes", default="ntp,mtp,mtp-relaxed", help="decode modes to score, comma-separated")
     p.add_argument("--no-teacher", action="store_true", help="skip the teacher recordings")
+    p.add_argument("--codec-roundtrip", action="append", default=[], metavar="CODEC",
+                   help="also score the teacher's audio encoded and decoded by this codec (repeatable): "
+                        "the share of our WER that the codec alone accounts for")
     p.add_argument("--device", default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--temperature", type=float, default=None, help="default: the checkpoint's")
@@ -242,7 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         raise SpeechMTPError(f"unknown mode(s) {', '.join(bad)}; use ntp, mtp, mtp-relaxed")
     ckpt = None if a.checkpoint.lower() in ("none", "") else a.checkpoint
-    report = run_eval(ckpt, a.heldout, a.n or None, modes, a.device, a.seed, a.temperature, teacher=not a.no_teacher)
+    report = run_eval(ckpt, a.heldout, a.n or None, modes, a.device, a.seed, a.temperature, teacher=not a.no_teacher,
+                      codecs=tuple(a.codec_roundtrip))
     if a.out:
         atomic_write_text(a.out, json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2) if a.json else format_table(report))
