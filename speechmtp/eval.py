@@ -232,6 +232,9 @@ def format_table(report: dict) -> str:
         rtf = f"{r['rtf']:.3f}" if r.get("rtf") is not None else "-"
         lines.append(f"{r['system']:<24} {100 * r['wer']:>6.1f}% {r['sub']:>5} {r['del']:>5} {r['ins']:>5} "
                      f"{r['ref_words']:>6} {rtf:>7}")
+    if any(r.get("rtf") is not None for r in report["results"]):
+        lines += ["", "RTF here is indicative only: the ASR shares the process and its threads. Speed is measured by "
+                  "`speechmtp bench voice`."]
     return "\n".join(lines)
 
 
