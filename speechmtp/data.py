@@ -233,12 +233,9 @@ def codec_fingerprint(codec: Codec) -> dict:
             ident.setdefault(k, v)
         elif dataclasses.is_dataclass(v) and not isinstance(v, type):
             ident[k] = json.loads(json.dumps(dataclasses.asdict(v), default=str))
-        elif isinstance(v, torch.nn.Module) and not hasattr(codec, "code_modules"):
-            _hash_module(v, h)
-    # a codec may name the modules its codes depend on (the built-in one: encoder and codebooks), so a
-    # decoder fine-tune keeps the cache, and the LMs trained on those codes stay valid
-    code_modules = getattr(codec, "code_modules", None)
-    for m in (code_modules() if code_modules else [codec] if isinstance(codec, torch.nn.Module) else []):
+    # only what the codes depend on (the built-in codec: encoder and codebooks), so a decoder fine-tune
+    # keeps the cache, and the LMs trained on those codes stay valid
+    for m in codec.code_modules():
         _hash_module(m, h)
     ident["weights_sha256"] = h.hexdigest()
     return ident

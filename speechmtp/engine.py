@@ -52,6 +52,12 @@ class SynthesisOptions:
             raise SpeechMTPError(f"decode mode {self.mode!r} is unknown; use one of {', '.join(MODES)}")
         if self.first_chunk_frames < 1 or self.chunk_frames < 1:
             raise SpeechMTPError("first_chunk_frames and chunk_frames must be at least 1")
+        if self.temperature is not None and self.temperature < 0:
+            raise SpeechMTPError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        if self.top_k is not None and self.top_k < 0:
+            raise SpeechMTPError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise SpeechMTPError(f"top_p must be in (0, 1], got {self.top_p}")
 
 
 class SentenceBuffer:
@@ -339,8 +345,6 @@ class Engine:
             opts = SynthesisOptions(**{k: data[k] for k in cls.VOICE_KEYS if data.get(k) is not None})
         except (ValueError, TypeError, SpeechMTPError) as e:
             raise SpeechMTPError(f"{f} is not a valid voice settings file ({e}); fix or delete it") from e
-        if opts.temperature is not None and opts.temperature < 0:
-            raise SpeechMTPError(f"{f}: temperature must be >= 0")
         return opts
 
     @property

@@ -177,7 +177,7 @@ def _score(name: str, rows: list[dict], hyps: list[str], extra: dict | None = No
 def run_eval(checkpoint: str | None = "default", heldout: str = DEFAULT_HELDOUT, n: int = 50,
              modes: tuple[str, ...] = ("ntp", "mtp", "mtp-relaxed"), device: str | None = None,
              seed: int = 0, temperature: float | None = None, teacher: bool = True, progress: bool = True,
-             codecs: tuple[str, ...] = ()) -> dict:
+             codecs: tuple[str, ...] = (), top_k: int | None = None) -> dict:
     """Teacher recordings and our voice (per decode mode) -> {"results": [per-system WER], ...}."""
     from tqdm import tqdm
 
@@ -207,7 +207,7 @@ def run_eval(checkpoint: str | None = "default", heldout: str = DEFAULT_HELDOUT,
         engine = Engine.load(checkpoint, device=device)
         try:
             for mode in modes:
-                opts = engine.options(mode=mode, seed=seed, temperature=temperature)
+                opts = engine.options(mode=mode, seed=seed, temperature=temperature, top_k=top_k)
                 wavs, synth_s, audio_s = [], 0.0, 0.0
                 for r in tqdm(rows, desc=f"synth {mode}", disable=not progress):
                     t0 = time.perf_counter()
@@ -251,7 +251,8 @@ def main(argv: list[str] | None = None) -> int:
                         "the share of our WER that the codec alone accounts for")
     p.add_argument("--device", default=None)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--temperature", type=float, default=None, help="default: the checkpoint's")
+    p.add_argument("--temperature", type=float, default=None, help="default: the voice's (voice.json)")
+    p.add_argument("--top-k", type=int, default=None, help="default: the voice's (voice.json)")
     p.add_argument("--json", action="store_true", help="print the JSON report instead of the table")
     p.add_argument("--out", default=None, help="also write the JSON report here")
     a = p.parse_args(argv)
@@ -263,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SpeechMTPError(f"unknown mode(s) {', '.join(bad)}; use ntp, mtp, mtp-relaxed")
     ckpt = None if a.checkpoint.lower() in ("none", "") else a.checkpoint
     report = run_eval(ckpt, a.heldout, a.n or None, modes, a.device, a.seed, a.temperature, teacher=not a.no_teacher,
-                      codecs=tuple(a.codec_roundtrip))
+                      codecs=tuple(a.codec_roundtrip), top_k=a.top_k)
     if a.out:
         atomic_write_text(a.out, json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2) if a.json else format_table(report))

@@ -68,6 +68,7 @@ def main(argv: list[str]) -> int:
     data = Path(a.data)
     codec_out = REPO / "codecs" / a.name
     lm_out = REPO / "checkpoints" / a.name
+    heads_out = REPO / "checkpoints" / f"{a.name}-distilled"  # the voice to ship: distilled heads on the best base
     runs = REPO / "runs"
     if "corpus" in stages:
         _run(["data", "synth", "--out", str(data), "--heldout-first"] + (["--limit", str(a.limit)] if a.limit else []),
@@ -86,15 +87,13 @@ def main(argv: list[str]) -> int:
               *ARCH, "--max-seq-len", "1024", "--max-seconds", "15", "--val-every", "250", "--val-fraction", "0.03",
               "--keep-best", "--save-every", "100"] + resume + dev + thr, a.dry_run)
     if "heads" in stages:
-        heads_out = REPO / "checkpoints" / f"{a.name}-distilled"
         resume = ["--resume"] if (heads_out / "train_state.pt").exists() else []
         base = lm_out / "best" if (lm_out / "best" / "config.json").is_file() or a.dry_run else lm_out
         _run(["train", "--data", str(manifest), "--out", str(heads_out), "--from", str(base), "--heads-only",
               "--distill", "--cache-dir", str(runs / "token_cache"), "--steps", str(scale["heads_steps"]),
               "--batch-size", str(scale["lm_batch"]), "--lr", "1e-3", "--max-seconds", "15", "--val-fraction", "0.03",
               "--val-every", "250", "--save-every", "100"] + resume + dev + thr, a.dry_run)
-    if "report" in stages:  # the voice to ship: distilled heads on the best base, when that stage ran
-        heads_out = REPO / "checkpoints" / f"{a.name}-distilled"
+    if "report" in stages:
         if (heads_out / "config.json").is_file():
             lm_out = heads_out
         _run(["eval", "--checkpoint", str(lm_out), "--heldout", str(data / "heldout.jsonl"), "--n", "50",

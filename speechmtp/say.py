@@ -14,7 +14,7 @@ from pathlib import Path
 
 from . import text as textmod
 from .audio_format import float_to_pcm16
-from .engine import Engine, SynthesisOptions
+from .engine import Engine
 from .utils import SpeechMTPError
 
 
@@ -64,10 +64,6 @@ def main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     if not args.output and not args.play:
         raise SpeechMTPError("nothing to do with the audio: give -o out.wav and/or --play")
-    if args.temperature is not None and args.temperature < 0:
-        raise SpeechMTPError("--temperature must be >= 0")
-    if args.top_p is not None and not 0 < args.top_p <= 1:
-        raise SpeechMTPError("--top-p must be in (0, 1]")
     text = read_text(args.text, args.file)
 
     engine = Engine.load(args.checkpoint, device=args.device, max_batch=1)

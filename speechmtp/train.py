@@ -466,34 +466,14 @@ def _train(cfg: TrainConfig, dd: Dist, device: torch.device) -> dict:
                file=sys.stderr, dynamic_ncols=True)
     t0 = time.monotonic()
     interrupted = False
-    # time steps 31..130: on a GPU the first tens of steps are several times slower (allocator, kernel choice
-    # per new shape), and fitting on them once cut a 7-minute budget to 3 minutes of training
-    fit_from, fit_at = pos["step"] + 30, pos["step"] + 130
-    t_fit = t0
+    budget = _TimeBudget(cfg.time_budget, pos["step"], not cfg.resume, dd, device, log) if cfg.time_budget else None
     try:
         while pos["step"] < end:
-            if cfg.time_budget:
-                if pos["step"] == fit_from:
-                    t_fit = time.monotonic()
-                stop_now = time.monotonic() - t0 > 60 * cfg.time_budget
-                fit = pos["step"] == fit_at and not cfg.resume
-                if dd.world > 1:  # one decision for all ranks
-                    flag = torch.tensor([float(stop_now), time.monotonic() - t_fit], device=device)
-                    dist.broadcast(flag, 0)
-                    stop_now, took = bool(flag[0]), float(flag[1])
-                else:
-                    took = time.monotonic() - t_fit
-                if fit:
-                    per_step = took / (fit_at - fit_from)
-                    left = 60 * cfg.time_budget - (time.monotonic() - t0)
-                    # 10% slack for validation passes and checkpoints
-                    fitted = pos["step"] + max(1, int(0.9 * left / per_step))
-                    if fitted < cfg.steps:
-                        log(f"time budget {cfg.time_budget:g} min at {per_step * 1000:.0f} ms/step: "
-                            f"{cfg.steps} steps -> {fitted} (the schedule follows)")
-                        cfg.steps = fitted
-                        end = min(cfg.steps, cfg.stop_after) if cfg.stop_after else cfg.steps
-                        bar.total = cfg.steps
+            if budget is not None:
+                steps, stop_now = budget.check(pos["step"], cfg.steps)
+                if steps != cfg.steps:
+                    cfg.steps = bar.total = steps
+                    end = min(cfg.steps, cfg.stop_after) if cfg.stop_after else cfg.steps
                 if stop_now and end > pos["step"] + 1:  # one last step, then validate and save as at the end
                     log(f"time budget of {cfg.time_budget:g} min spent at step {pos['step']}: stopping")
                     end = pos["step"] + 1
@@ -568,6 +548,36 @@ def _train(cfg: TrainConfig, dd: Dist, device: torch.device) -> dict:
     if interrupted:
         raise KeyboardInterrupt
     return final
+
+
+class _TimeBudget:
+    """--time-budget: time steps 31..130 of this run, shrink the schedule to what fits, and say when the deadline
+    has passed. On a GPU the first tens of steps are several times slower (allocator, a kernel choice per new
+    batch shape): fitting on steps 6..25 once cut a 7-minute budget to 3.6 minutes of training."""
+
+    def __init__(self, minutes: float, start_step: int, fit: bool, dd: Dist, device: torch.device, log):
+        self.limit_s, self.t0 = 60 * minutes, time.monotonic()
+        self.fit_from, self.fit_at = start_step + 30, (start_step + 130 if fit else -1)  # a resumed run keeps its fit
+        self.t_fit, self.dd, self.device, self.log = self.t0, dd, device, log
+
+    def check(self, step: int, steps: int) -> tuple[int, bool]:
+        """Before step `step + 1` -> (the schedule's total steps, whether the deadline has passed)."""
+        now = time.monotonic()
+        if step == self.fit_from:
+            self.t_fit = now
+        stop, took = now - self.t0 > self.limit_s, now - self.t_fit
+        if self.dd.world > 1:  # rank 0's clock decides for every rank
+            flag = torch.tensor([float(stop), took], device=self.device)
+            dist.broadcast(flag, 0)
+            stop, took = bool(flag[0]), float(flag[1])
+        if step == self.fit_at:
+            per_step = took / (self.fit_at - self.fit_from)
+            fitted = step + max(1, int(0.9 * (self.limit_s - (now - self.t0)) / per_step))  # 10% for validation, saves
+            if fitted < steps:
+                self.log(f"time budget {self.limit_s / 60:g} min at {per_step * 1000:.0f} ms/step: "
+                         f"{steps} steps -> {fitted} (the schedule follows)")
+                return fitted, stop
+        return steps, stop
 
 
 class _LossModule(torch.nn.Module):

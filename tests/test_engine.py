@@ -200,7 +200,10 @@ def test_say_command_writes_the_engine_audio(ckpt, engine, tmp_path, capsys):
     for argv, msg in [(["  ", "-o", str(out)], "empty"), (["-f", str(tmp_path / "none.txt"), "-o", str(out)], "not found"),
                       (["-f", str(script), "-o", str(out)], "not UTF-8"), (["x" * 100_001, "-o", str(out)], "limit"),
                       (["hi"], "nothing to do"), (["Привет мир", "-o", str(out)], "cannot read"),
-                      (["\U0001F600 ...", "-o", str(out)], "nothing speakable")]:
+                      (["\U0001F600 ...", "-o", str(out)], "nothing speakable"),
+                      (["hi", "-o", str(out), "--temperature", "-1"], "temperature must"),
+                      (["hi", "-o", str(out), "--top-p", "0"], "top_p must"),
+                      (["hi", "-o", str(out), "--top-k", "-2"], "top_k must")]:
         with pytest.raises(SpeechMTPError, match=msg):
             say.main(argv + ["--checkpoint", str(ckpt)])
 

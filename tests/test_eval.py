@@ -93,8 +93,8 @@ def test_run_eval_modes_with_a_fake_engine(tmp_path, monkeypatch):
         json.dumps({"id": f"h{i}", "audio": f"wavs/h{i}.wav", "text": t}) + "\n"
         for i, t in enumerate(["One two three.", "One two four."])))
     rep = ev.run_eval("whatever", str(tmp_path / "h.jsonl"), n=0, modes=("ntp", "mtp"), teacher=False,
-                      progress=False, seed=7)
+                      progress=False, seed=7, top_k=5)
     assert [r["system"] for r in rep["results"]] == ["fake:ntp", "fake:mtp"]
     assert rep["results"][0]["wer"] == pytest.approx(1 / 6) and rep["results"][0]["audio_seconds"] == pytest.approx(0.6)
-    assert fake.last["seed"] == 7 and fake.closed
+    assert fake.last["seed"] == 7 and fake.last["top_k"] == 5 and fake.closed
     assert "fake:mtp" in ev.format_table(rep)

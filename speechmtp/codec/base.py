@@ -43,6 +43,12 @@ class Codec(abc.ABC):
         """Audio samples per frame."""
         return int(round(self.sample_rate / self.frame_rate))
 
+    def code_modules(self) -> list[torch.nn.Module]:
+        """The modules the codes depend on; the token cache's key hashes their weights. Default: every
+        module the codec holds. A codec whose decoder can change without changing its codes names fewer."""
+        mods = [v for k, v in sorted(vars(self).items()) if isinstance(v, torch.nn.Module) and not k.startswith("_")]
+        return mods + [self] if isinstance(self, torch.nn.Module) else mods
+
     @abc.abstractmethod
     def encode(self, wav: torch.Tensor | np.ndarray, sample_rate: int | None = None) -> torch.Tensor:
         """Audio (N,), (C, N) or (B, C, N) at `sample_rate` (default: the codec's) -> codes int64 (B, Q, T)."""
